@@ -1,0 +1,5 @@
+import sys
+
+from catdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""Model folders and training checkpoints on disk.
+
+A model folder is ``config.json`` + ``model.safetensors`` (+ ``ema.safetensors``). A training
+checkpoint is a model folder plus ``training_state.pt`` (optimizer, LR schedule, step, RNG),
+written to a temporary folder and renamed into place, so a killed run never leaves half a
+checkpoint behind. Nothing here runs code on load: safetensors, or ``torch.load`` with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from catdiff.errors import UserError
+
+FORMAT = "catdiff.model/1"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+TRAINING_STATE_FILE = "training_state.pt"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def write_model_folder(
+    path: Path,
+    config: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``config.json`` and the weights into ``path`` (created if needed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
+    save_file(_contiguous(model_state), path / MODEL_FILE)
+    if ema_state is not None:
+        save_file(_contiguous(ema_state), path / EMA_FILE)
+    return path
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The config of a model folder; a folder that is not one is a :class:`UserError`."""
+    config_path = path / CONFIG_FILE
+    if not path.is_dir() or not config_path.is_file() or not (path / MODEL_FILE).is_file():
+        raise UserError(f"not a catdiff model folder or checkpoint: {path} (needs {CONFIG_FILE} and {MODEL_FILE})")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"unreadable {config_path}: {error}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"not a catdiff model folder: {config_path} has no format {FORMAT!r}")
+    return config
+
+
+def read_weights(path: Path, *, ema: bool = True) -> dict[str, torch.Tensor]:
+    """The EMA weights if present and asked for, else the raw model weights."""
+    file = path / EMA_FILE if ema and (path / EMA_FILE).is_file() else path / MODEL_FILE
+    try:
+        return load_file(file)
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise UserError(f"corrupt weights file {file}: {error}") from None
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights, refusing missing/unexpected keys or wrong shapes with the first offenders named."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:3]}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:3]}")
+    if wrong:
+        problems.append(f"wrong shapes for {wrong[:3]}")
+    if problems:
+        raise UserError(f"weights in {source} do not fit the model: {'; '.join(problems)}")
+    module.load_state_dict(state)
+
+
+# --- training checkpoints ------------------------------------------------------------------
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first."""
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def resolve_model_folder(path: Path) -> Path:
+    """A model folder or checkpoint as given, or the newest checkpoint of a run folder."""
+    if not path.exists():
+        raise UserError(f"no such file or folder: {path}")
+    if (path / CONFIG_FILE).is_file():
+        return path
+    found = checkpoint_dirs(path)
+    if not found:
+        raise UserError(f"not a catdiff run, model folder or checkpoint: {path}")
+    return found[-1]
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    config: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor] | None,
+    training_state: dict[str, Any],
+    *,
+    keep: int,
+) -> Path:
+    """Write checkpoint ``step`` atomically (temp folder + rename) and keep the newest ``keep``."""
+    root = run_dir / CHECKPOINTS_DIR
+    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write_model_folder(tmp, config, model_state, ema_state)
+    torch.save(training_state, tmp / TRAINING_STATE_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def read_training_state(path: Path) -> dict[str, Any]:
+    file = path / TRAINING_STATE_FILE
+    if not file.is_file():
+        raise UserError(f"checkpoint {path} has no {TRAINING_STATE_FILE}; it cannot be resumed")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"corrupt training state {file}: {error}") from None

@@ -1,0 +1,225 @@
+"""``catdiff ...`` sub-commands: thin argument parsing over the library.
+
+User errors print one line and exit with code 2; nothing else prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+from catdiff.errors import UserError
+
+log = logging.getLogger("catdiff")
+
+SAMPLER_NAMES = ("ddim", "ddpm")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are a single line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+# --- train -------------------------------------------------------------------------------------
+
+# CLI flag -> TrainConfig field, for options that map one to one.
+TRAIN_FLAGS = {
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "lr": "lr",
+    "warmup": "warmup_steps",
+    "lr_schedule": "lr_schedule",
+    "prediction": "prediction",
+    "min_snr": "min_snr_gamma",
+    "mixed_precision": "mixed_precision",
+    "checkpoint_every": "checkpoint_every",
+    "keep": "keep_checkpoints",
+    "preview_every": "preview_every",
+    "log_every": "log_every",
+    "seed": "seed",
+    "ema_max_decay": "ema_max_decay",
+}
+# CLI flag -> model config field.
+MODEL_FLAGS = {
+    "channels": "base_channels",
+    "channel_mult": "channel_mult",
+    "attention_levels": "attention_levels",
+    "res_blocks": "num_res_blocks",
+    "dropout": "dropout",
+}
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train a denoiser on a folder of images", description="Train a diffusion model on a folder of images.")
+    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, previews, log.jsonl")
+    p.add_argument("--config", type=Path, help="JSON recipe of training options; flags override it")
+    p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--model", choices=("unet", "seed_unet"), help="denoiser architecture (default unet)")
+    p.add_argument("--channels", type=positive_int, help="base channel width of the denoiser")
+    p.add_argument("--channel-mult", type=int_list, help="unet channel multipliers, e.g. 1,2,2")
+    p.add_argument("--attention-levels", type=int_list, help="unet levels (0 = full resolution) with self-attention, e.g. 2,3")
+    p.add_argument("--res-blocks", type=positive_int, help="unet residual blocks per level")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), help="beta schedule (default linear)")
+    p.add_argument("--prediction", choices=("eps", "v", "x0"), help="network target (default eps)")
+    p.add_argument("--min-snr", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
+    p.add_argument("--max-steps", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="per process")
+    p.add_argument("--grad-accum", type=positive_int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int, help="LR warm-up steps")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
+    p.add_argument("--ema-max-decay", type=float)
+    p.add_argument("--checkpoint-every", type=positive_int)
+    p.add_argument("--keep", type=positive_int, help="checkpoints to keep")
+    p.add_argument("--preview-every", type=int, help="steps between preview grids (0: none)")
+    p.add_argument("--log-every", type=positive_int)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(run=run_train)
+
+
+def train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Recipe file, then flags on top."""
+    options: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            options = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"cannot read recipe {args.config}: {error}") from None
+    model = dict(options.get("model", {"type": "unet"}))
+    if args.model is not None and args.model != model.get("type"):
+        model = {"type": args.model}
+    for flag, name in MODEL_FLAGS.items():
+        if getattr(args, flag) is not None:
+            model[name] = getattr(args, flag)
+    options["model"] = model
+    for flag, name in TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            options[name] = getattr(args, flag)
+    if args.schedule is not None:
+        from catdiff.diffusion.schedule import NoiseSchedule
+
+        options["schedule"] = NoiseSchedule(args.schedule).to_config()
+    if args.size is not None:
+        options["size"] = args.size
+    return options
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from catdiff.data import ImageFolder
+    from catdiff.train import Trainer, TrainConfig
+
+    options = train_options(args)
+    size = options.pop("size", 32)
+    run_dir: Path = args.out
+    if not args.resume and any(run_dir.glob("checkpoints/step-*")):
+        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue or choose another --out")
+    dataset = ImageFolder(args.data, size)
+    data = dataset.load_all()
+    options["model"].setdefault("in_channels", data.shape[1])
+    options["model"].setdefault("out_channels", data.shape[1])
+    config = TrainConfig.from_dict(options)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, data, run_dir, data_info={"path": str(args.data), "size": size, "count": len(data)})
+    if args.resume and not trainer.resume():
+        log.info("no checkpoint in %s; starting from scratch", run_dir)
+    final = trainer.fit()
+    if final is not None:
+        log.info("done: %s", final)
+
+
+# --- sample ------------------------------------------------------------------------------------
+
+
+def add_sample_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("sample", help="sample a trained model into a PNG grid", description="Sample images from a run, checkpoint or model folder.")
+    p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images")
+    p.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help="grid PNG to write")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.set_defaults(run=run_sample)
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work if the output cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output folder is not writable: {parent}")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from catdiff.images import save_grid
+    from catdiff.pipeline import Pipeline
+
+    check_writable(args.out)
+    pipeline = Pipeline.from_folder(args.model, ema=not args.no_ema)
+    if args.steps > pipeline.schedule.T:
+        raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {args.steps}")
+    images = pipeline.sample(
+        args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, precision=args.precision, progress=None
+    )
+    save_grid(images, args.out)
+    print(f"wrote {args.n} images to {args.out}")
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="catdiff", description="Train, sample and serve small diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_train_parser(commands)
+    add_sample_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"catdiff: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("catdiff: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

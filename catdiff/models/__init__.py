@@ -1,0 +1,45 @@
+"""Denoisers and autoencoders, each built from a small config dataclass.
+
+``build_model({"type": "unet", **fields})`` builds a model from the dict stored in a model
+folder's ``config.json``; ``model_config(model)`` gives that dict back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from catdiff.models.unet import UNet, UNetConfig
+from catdiff.models.unet_seed import SeedUNet, SeedUNetConfig
+
+__all__ = ["UNet", "UNetConfig", "SeedUNet", "SeedUNetConfig", "build_model", "model_config"]
+
+_MODELS: dict[str, tuple[type[nn.Module], type]] = {
+    "unet": (UNet, UNetConfig),
+    "seed_unet": (SeedUNet, SeedUNetConfig),
+}
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Build a model from ``{"type": name, **config fields}``; JSON lists become tuples."""
+    fields = dict(config)
+    kind = fields.pop("type", None)
+    if kind not in _MODELS:
+        raise ValueError(f"unknown model type {kind!r}; choose one of {sorted(_MODELS)}")
+    model_cls, config_cls = _MODELS[kind]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown {kind} config fields {unknown}; known: {sorted(known)}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return model_cls(config_cls(**fields))
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """The ``build_model`` dict of a model (tuples stay tuples here; JSON makes them lists)."""
+    for kind, (model_cls, _) in _MODELS.items():
+        if type(model) is model_cls:
+            return {"type": kind, **dataclasses.asdict(model.config)}
+    raise ValueError(f"{type(model).__name__} is not one of {sorted(_MODELS)}")

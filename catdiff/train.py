@@ -1,0 +1,314 @@
+"""The training loop (on accelerate): EMA, atomic checkpoints, exact resume, previews, logs.
+
+Every random draw of step ``k`` (batch order, flips, timesteps, noise, dropout) comes from
+generators seeded by ``(seed, k)``, and the whole global batch is drawn before each process
+takes its share. So a resumed run continues bit-exactly, and N processes with batch B each
+see the same data and noise as one process with batch N*B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from catdiff.checkpoints import (
+    checkpoint_dirs,
+    load_state_strict,
+    read_config,
+    read_training_state,
+    read_weights,
+    save_checkpoint,
+)
+from catdiff.data import random_hflip
+from catdiff.diffusion.objective import PREDICTIONS, min_snr_weight, training_target
+from catdiff.diffusion.schedule import NoiseSchedule
+from catdiff.ema import EMA
+from catdiff.errors import UserError
+from catdiff.images import save_grid
+from catdiff.models import build_model, model_config
+from catdiff.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "log.jsonl"
+PREVIEWS_DIR = "previews"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint's ``config.json``."""
+
+    model: dict[str, Any] = field(default_factory=lambda: {"type": "unet"})
+    schedule: dict[str, Any] = field(default_factory=lambda: NoiseSchedule().to_config())
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    min_snr_gamma: float | None = None
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 200
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    max_steps: int = 10_000
+    grad_clip: float = 1.0
+    ema_max_decay: float = 0.9999
+    ema_power: float = 2 / 3
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    preview_every: int = 1000
+    preview_n: int = 16
+    preview_steps: int = 50
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1,
+            "max_steps": self.max_steps >= 1,
+            "lr": self.lr > 0,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "preview_every": self.preview_every >= 0,
+            "log_every": self.log_every >= 1,
+            "prediction": self.prediction in PREDICTIONS,
+            "lr_schedule": self.lr_schedule in ("constant", "cosine"),
+            "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise UserError(f"invalid training option {bad[0]}={getattr(self, bad[0])!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown training option {unknown[0]!r}")
+        return cls(**values)
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then constant or cosine decay to zero (Loshchilov & Hutter 2017)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A generator owned by one training step, so that any step can be replayed."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+
+
+class BatchOrder:
+    """Shuffled, drop-last epochs over ``n`` items; batch ``k`` is a pure function of ``k``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < batch_size:
+            raise UserError(f"the data has {n} items, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.batches_per_epoch = n // batch_size
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def __call__(self, k: int) -> Tensor:
+        epoch, j = divmod(k, self.batches_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=generator)
+        return self._perm[j * self.batch_size : (j + 1) * self.batch_size]
+
+
+class Trainer:
+    """Trains a denoiser on a tensor dataset of images or latents in [-1, 1]-like scale."""
+
+    def __init__(self, config: TrainConfig, data: Tensor, run_dir: Path, *, data_info: dict[str, Any]) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.data = data
+        self.data_info = data_info
+        # cpu=True lets `accelerate launch --multi_gpu` / torchrun run DDP over gloo without a GPU.
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.schedule = NoiseSchedule.from_config(config.schedule)
+        global_batch = config.batch_size * self.world
+        self.order = BatchOrder(len(data), global_batch, config.seed)
+        torch.manual_seed(config.seed)
+        try:
+            network = build_model(config.model)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"bad model config: {error}") from None
+        self.ema = EMA(network, max_decay=config.ema_max_decay, power=config.ema_power)
+        optimizer = torch.optim.AdamW(
+            network.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
+        self.network, self.optimizer = self.accelerator.prepare(network, optimizer)
+        self.step = 0
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        sample_shape = list(self.data.shape[1:])
+        return {
+            "model": model_config(self.accelerator.unwrap_model(self.network)),
+            "diffusion": {"schedule": self.config.schedule, "prediction": self.config.prediction},
+            "sample_shape": sample_shape,
+            "data": self.data_info,
+            "train": asdict(self.config),
+        }
+
+    def save(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            training_state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            path = save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.run_config,
+                self.accelerator.unwrap_model(self.network).state_dict(),
+                self.ema.state_dict(),
+                training_state,
+                keep=self.config.keep_checkpoints,
+            )
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint of the run folder; False if there is none."""
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            return False
+        path = found[-1]
+        saved, ours = read_config(path), json.loads(json.dumps(self.run_config))
+        if saved["model"] != ours["model"] or saved["diffusion"] != ours["diffusion"]:
+            raise UserError(f"cannot resume {path}: its model or diffusion config differs from this run's")
+        state = read_training_state(path)
+        load_state_strict(self.accelerator.unwrap_model(self.network), read_weights(path, ema=False), path)
+        self.ema.load_state_dict(read_weights(path, ema=True))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self._truncate_log()
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from."""
+        path = self.run_dir / LOG_FILE
+        if self.accelerator.is_main_process and path.is_file():
+            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            path.write_text("".join(line + "\n" for line in lines))
+
+    # --- one step ------------------------------------------------------------------------------
+
+    def micro_batch(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """This process's share of global micro-batch ``k``: clean data, timesteps, noise."""
+        generator = step_generator(self.config.seed, k)
+        x0 = self.data[self.order(k)]
+        x0 = x0.float() / 127.5 - 1 if x0.dtype == torch.uint8 else x0.float()
+        if self.config.flip:
+            x0 = random_hflip(x0, generator)
+        t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        share = slice(self.rank, None, self.world)
+        device = self.accelerator.device
+        return x0[share].to(device), t[share].to(device), noise[share].to(device)
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in self.schedule.alpha_sigma(t))
+        x_t = alpha * x0 + sigma * noise
+        target = training_target(self.config.prediction, x0, noise, alpha, sigma)
+        output = self.network(x_t, t.float()).float()
+        per_sample = (output - target).pow(2).mean(dim=(1, 2, 3))
+        if self.config.min_snr_gamma is not None:
+            weight = min_snr_weight(self.config.prediction, self.schedule.snr(t), self.config.min_snr_gamma)
+            per_sample = per_sample * weight.float()
+        return per_sample.mean()
+
+    def train_step(self) -> float:
+        self.network.train()
+        accum = self.config.grad_accum
+        total = 0.0
+        for m in range(accum):
+            k = self.step * accum + m
+            torch.manual_seed(self.config.seed * 1_000_003 + k * self.world + self.rank)  # dropout
+            sync = m == accum - 1
+            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.network)
+            with context:
+                loss = self.loss(*self.micro_batch(k)) / accum
+                self.accelerator.backward(loss)
+            total += loss.item()
+        if self.config.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(self.accelerator.unwrap_model(self.network), self.step)
+        return total
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def preview(self) -> Path:
+        pipeline = Pipeline.from_config(self.run_config, self.ema.model)
+        images = pipeline.sample(self.config.preview_n, steps=self.config.preview_steps, sampler="ddim", seed=0)
+        return save_grid(images, self.run_dir / PREVIEWS_DIR / f"step-{self.step:07d}.png")
+
+    def fit(self) -> Path | None:
+        """Train until ``max_steps``; returns the final checkpoint (on the main process)."""
+        config, main = self.config, self.accelerator.is_main_process
+        images_per_step = config.batch_size * config.grad_accum * self.world
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=None if main else True, desc="training")
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        final = None
+        while self.step < config.max_steps:
+            window_loss += self.train_step()
+            window_steps += 1
+            bar.update(1)
+            if self.step % config.log_every == 0 or self.step == config.max_steps:
+                loss = self.accelerator.reduce(torch.tensor(window_loss / window_steps), "mean").item()
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": self.lr,
+                    "img_per_s": window_steps * images_per_step / elapsed,
+                    "time": time.time(),
+                }
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['img_per_s']:.1f}")
+                if main:
+                    with open(self.run_dir / LOG_FILE, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if config.preview_every and self.step % config.preview_every == 0 and main:
+                self.preview()
+            if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
+                final = self.save()
+        bar.close()
+        return final
