@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.errors import UserError
 
 log = logging.getLogger("catdiff")
-
-SAMPLER_NAMES = ("ddim", "ddpm")
 
 
 class Parser(argparse.ArgumentParser):
@@ -164,7 +163,7 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
     p.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="grid PNG to write")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from pathlib import Path
@@ -15,60 +14,17 @@ from PIL import Image
 
 from catdiff.data import ImageFolder, find_images, random_hflip, uint8_to_float
 from catdiff.errors import UserError
+from synthetic import noise_image, make_messy_folder
 
 S = 16
 
 
-def _noise(w: int, h: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def _jpeg_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def messy(tmp_path: Path) -> tuple[Path, set[str], set[str]]:
-    """A folder of every kind of file a user's folder holds. Returns (root, readable, unreadable)
-    with names relative to root."""
+    """(root, readable, unreadable) of a folder with every kind of file a user's folder holds."""
     root = tmp_path / "messy"
-    (root / "sub" / "deeper").mkdir(parents=True)
-    _noise(40, 30, 1).save(root / "good1.jpg")
-    _noise(30, 50, 2).save(root / "good2.png")
-    _noise(20, 20, 3).save(root / "good3.webp")
-    _noise(24, 18, 4).save(root / "GOOD4.BMP")  # upper-case extension
-    _noise(33, 21, 5).save(root / "sub" / "deeper" / "nested.jpeg")
-    Image.new("RGB", (1, 1), (10, 200, 30)).save(root / "tiny.png")
-    Image.new("CMYK", (20, 20), (255, 0, 0, 0)).save(root / "cmyk.jpg")  # cyan
-    rgba = Image.new("RGBA", (20, 20), (255, 0, 0, 255))
-    rgba.paste((0, 0, 255, 0), (0, 0, 20, 10))  # top half transparent blue
-    rgba.save(root / "rgba.png")
-    Image.new("LA", (20, 20), (0, 0)).save(root / "la.png")  # fully transparent black
-    pal = Image.new("P", (20, 20), 1)
-    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 6))
-    pal.info["transparency"] = 0
-    pal.save(root / "palette.png", transparency=0)
-    pal.save(root / "palette_opaque.bmp")
-    Image.new("L", (25, 20), 77).save(root / "grey.jpg")
-    Image.fromarray(np.full((20, 20), 32896, dtype=np.uint16)).save(root / "grey16.png")  # I;16
-    # unreadable:
-    (root / "truncated.jpg").write_bytes(_jpeg_bytes(_noise(64, 64, 6))[:1200])
-    (root / "notes.jpg").write_text("this is not an image\n")
-    # ignored (not image extensions, or hidden):
-    (root / "readme.txt").write_text("hello")
-    _noise(8, 8).save(root / "._good1.jpg")
-    (root / ".cache").mkdir()
-    _noise(8, 8).save(root / ".cache" / "thumb.png")
-
-    readable = {
-        "good1.jpg", "good2.png", "good3.webp", "GOOD4.BMP", "sub/deeper/nested.jpeg",
-        "tiny.png", "cmyk.jpg", "rgba.png", "la.png", "palette.png", "palette_opaque.bmp",
-        "grey.jpg", "grey16.png",
-    }
-    return root, readable, {"truncated.jpg", "notes.jpg"}
+    readable, unreadable = make_messy_folder(root)
+    return root, readable, unreadable
 
 
 def _names(root: Path, paths: list[Path]) -> set[str]:
@@ -161,7 +117,7 @@ def test_no_truncated_images_flag_left_on(messy):
 def test_bad_roots_are_user_errors_naming_the_path(tmp_path, case):
     root = tmp_path / "photos"
     if case == "file":
-        _noise(8, 8).save(tmp_path / "photos.png")
+        noise_image(8, 8).save(tmp_path / "photos.png")
         root = tmp_path / "photos.png"
     elif case != "missing":
         root.mkdir()
