@@ -146,7 +146,6 @@ def run_train(args: argparse.Namespace) -> None:
     options["model"].setdefault("in_channels", data.shape[1])
     options["model"].setdefault("out_channels", data.shape[1])
     config = TrainConfig.from_dict(options)
-    run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, data, run_dir, data_info={"path": str(args.data), "size": size, "count": len(data)})
     if args.resume and not trainer.resume():
         log.info("no checkpoint in %s; starting from scratch", run_dir)

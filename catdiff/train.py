@@ -2,8 +2,8 @@
 
 Every random draw of step ``k`` (batch order, flips, timesteps, noise, dropout) comes from
 generators seeded by ``(seed, k)``, and the whole global batch is drawn before each process
-takes its share. So a resumed run continues bit-exactly, and N processes with batch B each
-see the same data and noise as one process with batch N*B.
+takes its share. So a resumed run continues bit-exactly, and N processes with batch B each,
+accumulating G rounds, see the same data and noise as one process with batch N*B*G.
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: Tensor, run_dir: Path, *, data_info: dict[str, Any]) -> None:
         self.config = config
         self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.data = data
         self.data_info = data_info
         # cpu=True lets `accelerate launch --multi_gpu` / torchrun run DDP over gloo without a GPU.
@@ -147,8 +148,7 @@ class Trainer:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.schedule = NoiseSchedule.from_config(config.schedule)
-        global_batch = config.batch_size * self.world
-        self.order = BatchOrder(len(data), global_batch, config.seed)
+        self.order = BatchOrder(len(data), config.batch_size * config.grad_accum * self.world, config.seed)
         torch.manual_seed(config.seed)
         try:
             network = build_model(config.model)
@@ -226,18 +226,24 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------------
 
-    def micro_batch(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        """This process's share of global micro-batch ``k``: clean data, timesteps, noise."""
-        generator = step_generator(self.config.seed, k)
-        x0 = self.data[self.order(k)]
+    def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The global batch of ``step`` (all processes, all accumulation rounds): data, t, noise."""
+        generator = step_generator(self.config.seed, step)
+        x0 = self.data[self.order(step)]
         x0 = x0.float() / 127.5 - 1 if x0.dtype == torch.uint8 else x0.float()
         if self.config.flip:
             x0 = random_hflip(x0, generator)
         t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        share = slice(self.rank, None, self.world)
+        return x0, t, noise
+
+    def micro_batches(self, step: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """This process's share of each accumulation round of ``step``."""
+        size = self.config.batch_size * self.world
         device = self.accelerator.device
-        return x0[share].to(device), t[share].to(device), noise[share].to(device)
+        batch = self.batch(step)
+        rounds = [slice(m * size + self.rank, (m + 1) * size, self.world) for m in range(self.config.grad_accum)]
+        return [tuple(v[share].to(device) for v in batch) for share in rounds]
 
     def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in self.schedule.alpha_sigma(t))
@@ -251,16 +257,15 @@ class Trainer:
         return per_sample.mean()
 
     def train_step(self) -> float:
+        """One optimizer step over ``grad_accum`` rounds; returns the mean loss."""
         self.network.train()
-        accum = self.config.grad_accum
+        rounds = self.micro_batches(self.step)
+        torch.manual_seed(self.config.seed * 1_000_003 + self.step * self.world + self.rank)  # dropout
         total = 0.0
-        for m in range(accum):
-            k = self.step * accum + m
-            torch.manual_seed(self.config.seed * 1_000_003 + k * self.world + self.rank)  # dropout
-            sync = m == accum - 1
-            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.network)
-            with context:
-                loss = self.loss(*self.micro_batch(k)) / accum
+        for m, micro_batch in enumerate(rounds):
+            last = m == len(rounds) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.network):
+                loss = self.loss(*micro_batch) / len(rounds)
                 self.accelerator.backward(loss)
             total += loss.item()
         if self.config.grad_clip > 0:

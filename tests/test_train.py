@@ -126,3 +126,20 @@ def test_preview_grid_is_written(data: Path, tmp_path: Path) -> None:
 
     grid = Image.open(out / "previews" / f"step-{N:07d}.png")
     assert grid.width > 16 * 4 and grid.height > 16 * 4
+
+
+def test_gradient_accumulation_equals_the_larger_batch(data: Path, tmp_path: Path) -> None:
+    """2 rounds of batch 4 and one round of batch 8 take the same optimizer steps."""
+    from catdiff.data import ImageFolder
+    from catdiff.train import Trainer, TrainConfig
+
+    images = ImageFolder(data, 16).load_all()
+    model = {"type": "unet", "in_channels": 3, "out_channels": 3, "base_channels": 32, "channel_mult": [1, 2], "attention_levels": [1]}
+    weights = []
+    for batch_size, accum in ((8, 1), (4, 2)):
+        config = TrainConfig(model=model, batch_size=batch_size, grad_accum=accum, max_steps=3, preview_every=0, lr=1e-3)
+        trainer = Trainer(config, images, tmp_path / f"b{batch_size}", data_info={})
+        trainer.fit()
+        weights.append(torch.cat([p.detach().flatten() for p in trainer.network.parameters()]))
+    differences = (weights[0] - weights[1]).abs()
+    assert differences.max() < 1e-3 and differences.mean() < 1e-6
