@@ -75,8 +75,9 @@ MODEL_FLAGS = {
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train a denoiser on a folder of images", description="Train a diffusion model on a folder of images.")
-    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("data", type=Path, help="folder of images (searched recursively), or a latent cache from `catdiff encode`")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, previews, log.jsonl")
+    p.add_argument("--autoencoder", help="with a latent cache: refuse it unless it was made with this autoencoder")
     p.add_argument("--config", type=Path, help="JSON recipe of training options; flags override it")
     p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -132,21 +133,42 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def run_train(args: argparse.Namespace) -> None:
+def training_data(args: argparse.Namespace, size: int | None) -> tuple[Any, Any, dict[str, Any], dict[str, Any] | None]:
+    """(data, mirrored, data_info, autoencoder record) from an image folder or a latent cache."""
     from catdiff.data import ImageFolder
+    from catdiff.latent_cache import LatentCache, check_compatible, is_latent_cache
+
+    if not is_latent_cache(args.data):
+        dataset = ImageFolder(args.data, size or 32, preload=True)
+        info = {"path": str(args.data), "size": dataset.size, "count": len(dataset)}
+        return dataset.images, None, info, None
+    cache = LatentCache.open(args.data)
+    manifest = cache.manifest
+    if args.autoencoder is not None:
+        from catdiff.autoencoders import load_autoencoder
+
+        wanted = load_autoencoder(args.autoencoder).descriptor()
+        check_compatible(manifest, autoencoder=wanted, size=size or manifest["size"], root=args.data)
+    elif size is not None and size != manifest["size"]:
+        raise UserError(f"latent cache {args.data} was made at size {manifest['size']} px, not {size} px")
+    info = {"latents": str(args.data), "source": manifest["source"], "size": manifest["size"], "count": manifest["count"]}
+    record = {**manifest["autoencoder"], "source": manifest["autoencoder_source"]}
+    return cache.latents, cache.flipped, info, record
+
+
+def run_train(args: argparse.Namespace) -> None:
     from catdiff.train import Trainer, TrainConfig
 
     options = train_options(args)
-    size = options.pop("size", 32)
+    size = options.pop("size", None)
     run_dir: Path = args.out
     if not args.resume and any(run_dir.glob("checkpoints/step-*")):
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue or choose another --out")
-    dataset = ImageFolder(args.data, size)
-    data = dataset.load_all()
+    data, mirrored, info, autoencoder = training_data(args, size)
     options["model"].setdefault("in_channels", data.shape[1])
     options["model"].setdefault("out_channels", data.shape[1])
     config = TrainConfig.from_dict(options)
-    trainer = Trainer(config, data, run_dir, data_info={"path": str(args.data), "size": size, "count": len(data)})
+    trainer = Trainer(config, data, run_dir, data_info=info, mirrored=mirrored, autoencoder=autoencoder)
     if args.resume and not trainer.resume():
         log.info("no checkpoint in %s; starting from scratch", run_dir)
     final = trainer.fit()
@@ -154,12 +176,70 @@ def run_train(args: argparse.Namespace) -> None:
         log.info("done: %s", final)
 
 
+# --- encode ------------------------------------------------------------------------------------
+
+
+def add_encode_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("encode", help="encode an image folder into a latent cache", description="Encode a folder of images once into sharded latents for training (resumable).")
+    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="latent cache folder")
+    p.add_argument("--autoencoder", default="taesd", help="'taesd' (bundled), an SD-1.x VAE file or folder, or a catdiff autoencoder folder")
+    p.add_argument("--size", type=positive_int, default=128, help="image side in pixels before encoding")
+    p.add_argument("--no-flip", action="store_true", help="do not also encode the mirrored images")
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard file")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.set_defaults(run=run_encode)
+
+
+def run_encode(args: argparse.Namespace) -> None:
+    from catdiff.autoencoders import load_autoencoder
+    from catdiff.data import ImageFolder
+    from catdiff.latent_cache import encode_folder
+
+    autoencoder = load_autoencoder(args.autoencoder)
+    if args.size % autoencoder.downsampling_factor:
+        raise UserError(f"--size must be a multiple of {autoencoder.downsampling_factor} for this autoencoder")
+    dataset = ImageFolder(args.data, args.size)
+    out = encode_folder(
+        dataset,
+        autoencoder.encode,
+        args.out,
+        autoencoder=autoencoder.descriptor(),
+        source=str(args.autoencoder),
+        flip=not args.no_flip,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        progress=None,
+    )
+    print(f"encoded {len(dataset)} images into {out}")
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("export", help="write a self-contained pipeline folder", description="Write a pipeline folder (pipeline.json, unet/, autoencoder/) that holds everything needed to sample.")
+    p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
+    p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from catdiff.checkpoints import read_config, resolve_model_folder
+    from catdiff.pipeline import Pipeline
+
+    folder = resolve_model_folder(args.model)
+    Pipeline.from_folder(folder, ema=not args.no_ema).save(args.out, read_config(folder))
+    print(f"wrote pipeline {args.out}")
+
+
 # --- sample ------------------------------------------------------------------------------------
 
 
 def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("sample", help="sample a trained model into a PNG grid", description="Sample images from a run, checkpoint or model folder.")
-    p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
+    p.add_argument("model", type=Path, help="pipeline folder, run folder (newest checkpoint), checkpoint or model folder")
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
     p.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim")
@@ -201,7 +281,9 @@ def build_parser() -> Parser:
     parser = Parser(prog="catdiff", description="Train, sample and serve small diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(commands)
+    add_encode_parser(commands)
     add_sample_parser(commands)
+    add_export_parser(commands)
     return parser
 
 

@@ -95,18 +95,21 @@ def uint8_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32) / 127.5 - 1.0
 
 
-def random_hflip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_hflip(
+    batch: torch.Tensor, generator: torch.Generator, mirrored: torch.Tensor | None = None
+) -> torch.Tensor:
     """Flip each image of an ``[N, C, H, W]`` batch left-right with probability 1/2.
 
     The coin flips come from ``generator`` only (one ``torch.rand`` of N draws on the
-    generator's device), so the same generator state gives the same flips. Works for any
-    dtype; returns a new tensor.
+    generator's device), so the same generator state gives the same flips. ``mirrored``
+    supplies precomputed mirror images (e.g. the latents of flipped pictures, which are not
+    the flipped latents). Works for any dtype; returns a new tensor.
     """
     if batch.ndim != 4:
         raise ValueError(f"random_hflip wants an [N, C, H, W] batch, got shape {tuple(batch.shape)}")
     flip = torch.rand(batch.shape[0], generator=generator, device=generator.device) < 0.5
     flip = flip.to(batch.device).view(-1, 1, 1, 1)
-    return torch.where(flip, batch.flip(-1), batch)
+    return torch.where(flip, batch.flip(-1) if mirrored is None else mirrored, batch)
 
 
 def find_images(root: Path) -> list[Path]:

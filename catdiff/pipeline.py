@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -11,7 +12,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from catdiff.checkpoints import load_state_strict, read_config, read_weights, resolve_model_folder
+from catdiff.autoencoders import Autoencoder, load_autoencoder
+from catdiff.checkpoints import load_state_strict, read_config, read_weights, resolve_model_folder, write_model_folder
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.objective import Prediction
 from catdiff.diffusion.samplers import get_sampler
@@ -23,6 +25,16 @@ Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
+def _read_pipeline_json(folder: Path) -> dict[str, Any]:
+    try:
+        description = json.loads((folder / PIPELINE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"unreadable {folder / PIPELINE_FILE}: {error}") from None
+    if description.get("format") != PIPELINE_FORMAT:
+        raise UserError(f"not a catdiff pipeline folder: {folder}")
+    return description
+
+
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """Mixed precision for the network's evaluations; the sampler's own arithmetic stays fp32."""
     if precision == "fp32":
@@ -31,37 +43,89 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=dtype)
 
 
+PIPELINE_FORMAT = "catdiff.pipeline/1"
+PIPELINE_FILE = "pipeline.json"
+UNET_DIR = "unet"
+AUTOENCODER_DIR = "autoencoder"
+
+
+def load_network(folder: Path, *, ema: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """The denoiser of a model folder and that folder's config."""
+    config = read_config(folder)
+    try:
+        network = build_model(config["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"bad model config in {folder}: {error}") from None
+    load_state_strict(network, read_weights(folder, ema=ema), folder)
+    return network.eval(), config
+
+
+def recorded_autoencoder(config: dict[str, Any], folder: Path) -> Autoencoder | None:
+    """The autoencoder a run's latents came from, checked against its recorded fingerprint."""
+    recorded = config.get("autoencoder")
+    if recorded is None:
+        return None
+    autoencoder = load_autoencoder(folder / AUTOENCODER_DIR if (folder / AUTOENCODER_DIR).is_dir() else recorded["source"])
+    found = autoencoder.descriptor()
+    if found["weights"] != recorded["weights"]:
+        raise UserError(f"the autoencoder at {recorded['source']} is not the one {folder} was trained with")
+    return autoencoder
+
+
 @dataclass
 class Pipeline:
-    """A trained denoiser with everything needed to sample it."""
+    """A trained denoiser (+ the autoencoder of its latents) with everything needed to sample it."""
 
     network: nn.Module
     schedule: NoiseSchedule
     prediction: Prediction
     sample_shape: tuple[int, ...]
+    clip_x0: float | None = None
     spacing: Spacing = "trailing"
+    autoencoder: Autoencoder | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], network: nn.Module) -> Pipeline:
+    def from_config(cls, config: dict[str, Any], network: nn.Module, autoencoder: Autoencoder | None = None) -> Pipeline:
         diffusion = config["diffusion"]
         return cls(
             network=network,
             schedule=NoiseSchedule.from_config(diffusion["schedule"]),
             prediction=diffusion["prediction"],
             sample_shape=tuple(config["sample_shape"]),
+            clip_x0=diffusion.get("clip_x0"),
+            autoencoder=autoencoder,
         )
 
     @classmethod
     def from_folder(cls, path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
-        """Load a model folder, a training checkpoint, or the newest checkpoint of a run."""
-        folder = resolve_model_folder(Path(path))
-        config = read_config(folder)
-        try:
-            network = build_model(config["model"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"bad model config in {folder}: {error}") from None
-        load_state_strict(network, read_weights(folder, ema=ema), folder)
-        return cls.from_config(config, network.to(device).eval())
+        """Load a pipeline folder, a model folder, a training checkpoint, or a run's newest checkpoint."""
+        path = Path(path)
+        if (path / PIPELINE_FILE).is_file():
+            network, config = load_network(path / UNET_DIR, ema=ema)
+            config = {**config, **_read_pipeline_json(path)}
+            autoencoder = recorded_autoencoder(config, path)
+        else:
+            folder = resolve_model_folder(path)
+            network, config = load_network(folder, ema=ema)
+            autoencoder = recorded_autoencoder(config, folder)
+        pipeline = cls.from_config(config, network, autoencoder)
+        return pipeline.to(device)
+
+    def to(self, device: str | torch.device) -> Pipeline:
+        self.network.to(device)
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
+        return self
+
+    def save(self, folder: Path, config: dict[str, Any]) -> Path:
+        """Write a self-contained pipeline folder: ``pipeline.json``, ``unet/``, ``autoencoder/``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        write_model_folder(folder / UNET_DIR, {"model": config["model"]}, self.network.state_dict())
+        description = {key: config[key] for key in ("diffusion", "sample_shape", "autoencoder") if key in config}
+        if self.autoencoder is not None:
+            self.autoencoder.save(folder / AUTOENCODER_DIR)
+        (folder / PIPELINE_FILE).write_text(json.dumps({"format": PIPELINE_FORMAT, **description}, indent=2) + "\n")
+        return folder
 
     @property
     def device(self) -> torch.device:
@@ -93,7 +157,7 @@ class Pipeline:
         sample_fn = get_sampler(sampler)
         sigmas = self.sigmas(steps).to(self.device)
         generator = torch.Generator().manual_seed(seed)
-        denoise = Denoiser(self.network, self.schedule, self.prediction)
+        denoise = Denoiser(self.network, self.schedule, self.prediction, clip_x0=self.clip_x0)
         images = []
         with tqdm(total=n * steps, disable=None if progress is None else not progress, desc="sampling", unit="step", unit_scale=1 / n) as bar:
 
@@ -108,5 +172,7 @@ class Pipeline:
                 x = noise * (1 + sigmas[0] ** 2).sqrt().float()
                 with autocast(self.device, precision):
                     x = sample_fn(denoise, x, sigmas, generator=generator, callback=on_step, **sampler_options)
+                if self.autoencoder is not None:
+                    x = self.autoencoder.decode(x.float())
                 images.append(x.float().clamp(-1, 1))
         return torch.cat(images)

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from catdiff.autoencoders import Autoencoder, load_autoencoder
 from catdiff.checkpoints import (
     checkpoint_dirs,
     load_state_strict,
@@ -137,11 +138,25 @@ class BatchOrder:
 class Trainer:
     """Trains a denoiser on a tensor dataset of images or latents in [-1, 1]-like scale."""
 
-    def __init__(self, config: TrainConfig, data: Tensor, run_dir: Path, *, data_info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Tensor,
+        run_dir: Path,
+        *,
+        data_info: dict[str, Any],
+        mirrored: Tensor | None = None,
+        autoencoder: dict[str, Any] | None = None,
+    ) -> None:
+        """``data``: uint8 images or float latents; ``mirrored``: their precomputed mirror images;
+        ``autoencoder``: the record of the autoencoder the latents came from."""
         self.config = config
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.data = data
+        self.mirrored = mirrored
+        self.autoencoder = autoencoder
+        self._decoder: Autoencoder | None = None  # loaded for the first preview
         self.data_info = data_info
         # cpu=True lets `accelerate launch --multi_gpu` / torchrun run DDP over gloo without a GPU.
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
@@ -169,8 +184,15 @@ class Trainer:
         sample_shape = list(self.data.shape[1:])
         return {
             "model": model_config(self.accelerator.unwrap_model(self.network)),
-            "diffusion": {"schedule": self.config.schedule, "prediction": self.config.prediction},
+            "diffusion": {
+                "schedule": self.config.schedule,
+                "prediction": self.config.prediction,
+                # Pixels live in [-1, 1]: clipping the x0 estimate keeps the first, noisiest
+                # steps from throwing samples off the data range (Ho et al. 2020, sec. 3.3).
+                "clip_x0": 1.0 if self.data.dtype == torch.uint8 else None,
+            },
             "sample_shape": sample_shape,
+            "autoencoder": self.autoencoder,
             "data": self.data_info,
             "train": asdict(self.config),
         }
@@ -229,10 +251,11 @@ class Trainer:
     def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
         """The global batch of ``step`` (all processes, all accumulation rounds): data, t, noise."""
         generator = step_generator(self.config.seed, step)
-        x0 = self.data[self.order(step)]
-        x0 = x0.float() / 127.5 - 1 if x0.dtype == torch.uint8 else x0.float()
+        indices = self.order(step)
+        x0 = self.data[indices]
         if self.config.flip:
-            x0 = random_hflip(x0, generator)
+            x0 = random_hflip(x0, generator, None if self.mirrored is None else self.mirrored[indices])
+        x0 = x0.float() / 127.5 - 1 if x0.dtype == torch.uint8 else x0.float()
         t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         return x0, t, noise
@@ -281,7 +304,9 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def preview(self) -> Path:
-        pipeline = Pipeline.from_config(self.run_config, self.ema.model)
+        if self.autoencoder is not None and self._decoder is None:
+            self._decoder = load_autoencoder(self.autoencoder["source"])
+        pipeline = Pipeline.from_config(self.run_config, self.ema.model, self._decoder)
         images = pipeline.sample(self.config.preview_n, steps=self.config.preview_steps, sampler="ddim", seed=0)
         return save_grid(images, self.run_dir / PREVIEWS_DIR / f"step-{self.step:07d}.png")
 

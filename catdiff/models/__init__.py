@@ -13,12 +13,23 @@ from torch import nn
 
 from catdiff.models.unet import UNet, UNetConfig
 from catdiff.models.unet_seed import SeedUNet, SeedUNetConfig
+from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
 
-__all__ = ["UNet", "UNetConfig", "SeedUNet", "SeedUNetConfig", "build_model", "model_config"]
+__all__ = [
+    "AutoencoderKL",
+    "AutoencoderKLConfig",
+    "SeedUNet",
+    "SeedUNetConfig",
+    "UNet",
+    "UNetConfig",
+    "build_model",
+    "model_config",
+]
 
 _MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "unet": (UNet, UNetConfig),
     "seed_unet": (SeedUNet, SeedUNetConfig),
+    "autoencoder_kl": (AutoencoderKL, AutoencoderKLConfig),
 }
 
 

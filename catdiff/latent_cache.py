@@ -1,0 +1,162 @@
+"""The latent cache: a folder of images encoded once, so no autoencoder runs while training.
+
+A cache folder holds ``cache.json`` (what was encoded, with which autoencoder, at which size),
+``shard-NNNNN.safetensors`` files (``latents`` and, optionally, ``flipped``: the latents of the
+horizontally mirrored images) and, once complete, ``stats.json`` (per-channel mean and std).
+Each shard is written to a temporary file and renamed, so a killed run resumes by encoding
+only the shards that are missing, and its result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from catdiff.data import ImageFolder
+from catdiff.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "catdiff.latents/1"
+MANIFEST_FILE = "cache.json"
+STATS_FILE = "stats.json"
+
+Encoder = Callable[[Tensor], Tensor]
+
+
+def shard_path(root: Path, index: int) -> Path:
+    return root / f"shard-{index:05d}.safetensors"
+
+
+def files_digest(dataset: ImageFolder) -> str:
+    """A fingerprint of which files were encoded (names relative to the folder, in order)."""
+    names = "\n".join(p.relative_to(dataset.root).as_posix() for p in dataset.paths)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
+def is_latent_cache(path: Path) -> bool:
+    return (path / MANIFEST_FILE).is_file()
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((root / MANIFEST_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"unreadable latent cache manifest {root / MANIFEST_FILE}: {error}") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"not a catdiff latent cache: {root}")
+    return manifest
+
+
+def check_compatible(manifest: dict[str, Any], *, autoencoder: dict[str, Any], size: int, root: Path) -> None:
+    """Refuse a cache made with another autoencoder or at another size."""
+    if manifest["autoencoder"] != autoencoder:
+        raise UserError(
+            f"latent cache {root} was made with autoencoder {manifest['autoencoder']}, not {autoencoder}"
+        )
+    if manifest["size"] != size:
+        raise UserError(f"latent cache {root} was made at size {manifest['size']} px, not {size} px")
+
+
+@torch.inference_mode()
+def encode_folder(
+    dataset: ImageFolder,
+    encode: Encoder,
+    out: Path,
+    *,
+    autoencoder: dict[str, Any],
+    source: str,
+    flip: bool = True,
+    shard_size: int = 1024,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> Path:
+    """Encode every image of ``dataset`` (and its mirror image) into a cache at ``out``.
+
+    ``autoencoder`` identifies the weights (see ``Autoencoder.descriptor``); ``source`` says
+    where to load them again for decoding.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "format": FORMAT,
+        "autoencoder": autoencoder,
+        "autoencoder_source": source,
+        "size": dataset.size,
+        "source": str(dataset.root),
+        "files": files_digest(dataset),
+        "count": len(dataset),
+        "flip": flip,
+        "shard_size": shard_size,
+        "num_shards": -(-len(dataset) // shard_size),
+    }
+    if is_latent_cache(out):
+        existing = _read_manifest(out)
+        check_compatible(existing, autoencoder=autoencoder, size=dataset.size, root=out)
+        if {k: existing.get(k) for k in manifest if k != "autoencoder_source"} != {
+            k: v for k, v in manifest.items() if k != "autoencoder_source"
+        }:
+            raise UserError(f"latent cache {out} was made from other files or options; choose another --out")
+    else:
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    todo = [i for i in range(manifest["num_shards"]) if not shard_path(out, i).is_file()]
+    if len(todo) < manifest["num_shards"]:
+        log.info("%s: %d of %d shards already encoded", out, manifest["num_shards"] - len(todo), manifest["num_shards"])
+    with tqdm(total=len(dataset), disable=None if progress is None else not progress, desc="encoding", unit="img") as bar:
+        bar.update(len(dataset) - sum(len(_shard_range(manifest, i)) for i in todo))
+        for index in todo:
+            tensors: dict[str, list[Tensor]] = {"latents": [], "flipped": []}
+            indices = _shard_range(manifest, index)
+            for start in range(0, len(indices), batch_size):
+                images = torch.stack([dataset[i] for i in indices[start : start + batch_size]])
+                tensors["latents"].append(encode(images).float())
+                if flip:
+                    tensors["flipped"].append(encode(images.flip(-1)).float())
+                bar.update(len(images))
+            shard = {name: torch.cat(parts) for name, parts in tensors.items() if parts}
+            tmp = shard_path(out, index).with_suffix(f".tmp-{os.getpid()}")
+            save_file(shard, tmp)
+            os.replace(tmp, shard_path(out, index))
+    cache = LatentCache.open(out, require_stats=False)
+    stats = {"mean": cache.latents.mean(dim=(0, 2, 3)).tolist(), "std": cache.latents.std(dim=(0, 2, 3)).tolist()}
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    return out
+
+
+def _shard_range(manifest: dict[str, Any], index: int) -> range:
+    start = index * manifest["shard_size"]
+    return range(start, min(manifest["count"], start + manifest["shard_size"]))
+
+
+@dataclass
+class LatentCache:
+    """A complete cache loaded into memory."""
+
+    root: Path
+    manifest: dict[str, Any]
+    latents: Tensor
+    flipped: Tensor | None
+
+    @classmethod
+    def open(cls, root: Path, *, require_stats: bool = True) -> LatentCache:
+        manifest = _read_manifest(root)
+        missing = [i for i in range(manifest["num_shards"]) if not shard_path(root, i).is_file()]
+        if missing or (require_stats and not (root / STATS_FILE).is_file()):
+            raise UserError(f"latent cache {root} is incomplete; run `catdiff encode` again to finish it")
+        shards = [load_file(shard_path(root, i)) for i in range(manifest["num_shards"])]
+        latents = torch.cat([s["latents"] for s in shards])
+        flipped = torch.cat([s["flipped"] for s in shards]) if manifest["flip"] else None
+        return cls(root, manifest, latents, flipped)
+
+    @property
+    def stats(self) -> dict[str, list[float]]:
+        return json.loads((self.root / STATS_FILE).read_text())
