@@ -349,6 +349,14 @@ def test_extra_key_is_refused(tmp_path: Path) -> None:
         load_vae(write_single(tmp_path / "vae.safetensors", state))
 
 
+def test_keys_of_two_layouts_for_one_tensor_are_refused(tmp_path: Path) -> None:
+    state = tiny_compvis()
+    state["encoder.conv_norm_out.weight"] = state["encoder.norm_out.weight"].clone()
+    with pytest.raises(UserError, match="same tensor") as error:
+        load_vae(write_single(tmp_path / "vae.safetensors", state))
+    assert "'encoder.norm_out.weight'" in str(error.value) and "'encoder.conv_norm_out.weight'" in str(error.value)
+
+
 def test_diffusers_folder_with_missing_key_or_wrong_shape(tmp_path: Path) -> None:
     ref = tiny_diffusers()
     ref.save_pretrained(tmp_path)

@@ -155,5 +155,6 @@ class TAESD(nn.Module):
             try:
                 module.load_state_dict(load_file(file))  # bf16 on disk -> copied into float32
             except (SafetensorError, OSError, RuntimeError) as e:  # unreadable, or wrong keys
-                raise UserError(f"{file} does not hold TAESD weights: {e}") from e
+                reason = " ".join(str(e).split())  # torch's message spans several lines
+                raise UserError(f"{file} does not hold TAESD weights: {reason}") from e
         return model.eval()

@@ -179,7 +179,7 @@ def vae_state_to_compvis(state: Mapping[str, Tensor], *, levels: int | None = No
 
 
 def _fix_old_diffusers_attention(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """diffusers folders saved before diffusers 0.14 name the attention query/key/value/proj_attn."""
+    """Folders saved by older diffusers versions name the attention query/key/value/proj_attn."""
     old = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
     out = {}
     for key, value in state.items():
