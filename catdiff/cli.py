@@ -62,6 +62,7 @@ TRAIN_FLAGS = {
     "log_every": "log_every",
     "seed": "seed",
     "ema_max_decay": "ema_max_decay",
+    "kl_weight": "kl_weight",
 }
 # CLI flag -> model config field.
 MODEL_FLAGS = {
@@ -70,26 +71,18 @@ MODEL_FLAGS = {
     "attention_levels": "attention_levels",
     "res_blocks": "num_res_blocks",
     "dropout": "dropout",
+    "block_channels": "block_out_channels",
+    "layers_per_block": "layers_per_block",
+    "latent_channels": "latent_channels",
+    "norm_groups": "norm_groups",
 }
 
 
-def add_train_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train", help="train a denoiser on a folder of images", description="Train a diffusion model on a folder of images.")
-    p.add_argument("data", type=Path, help="folder of images (searched recursively), or a latent cache from `catdiff encode`")
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every training sub-command."""
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, previews, log.jsonl")
-    p.add_argument("--autoencoder", help="with a latent cache: refuse it unless it was made with this autoencoder")
     p.add_argument("--config", type=Path, help="JSON recipe of training options; flags override it")
-    p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--model", choices=("unet", "seed_unet"), help="denoiser architecture (default unet)")
-    p.add_argument("--channels", type=positive_int, help="base channel width of the denoiser")
-    p.add_argument("--channel-mult", type=int_list, help="unet channel multipliers, e.g. 1,2,2")
-    p.add_argument("--attention-levels", type=int_list, help="unet levels (0 = full resolution) with self-attention, e.g. 2,3")
-    p.add_argument("--res-blocks", type=positive_int, help="unet residual blocks per level")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), help="beta schedule (default linear)")
-    p.add_argument("--prediction", choices=("eps", "v", "x0"), help="network target (default eps)")
-    p.add_argument("--min-snr", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int, help="per process")
     p.add_argument("--grad-accum", type=positive_int)
@@ -103,7 +96,37 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--preview-every", type=int, help="steps between preview grids (0: none)")
     p.add_argument("--log-every", type=positive_int)
     p.add_argument("--seed", type=int)
-    p.set_defaults(run=run_train)
+    p.set_defaults(run=run_train, autoencoder=None, model=None, schedule=None, **{flag: None for flag in MODEL_FLAGS})
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train a denoiser on a folder of images", description="Train a diffusion model on a folder of images or a latent cache.")
+    p.add_argument("data", type=Path, help="folder of images (searched recursively), or a latent cache from `catdiff encode`")
+    add_training_options(p)
+    p.add_argument("--autoencoder", help="with a latent cache: refuse it unless it was made with this autoencoder")
+    p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
+    p.add_argument("--model", choices=("unet", "seed_unet"), help="denoiser architecture (default unet)")
+    p.add_argument("--channels", type=positive_int, help="base channel width of the denoiser")
+    p.add_argument("--channel-mult", type=int_list, help="unet channel multipliers, e.g. 1,2,2")
+    p.add_argument("--attention-levels", type=int_list, help="unet levels (0 = full resolution) with self-attention, e.g. 2,3")
+    p.add_argument("--res-blocks", type=positive_int, help="unet residual blocks per level")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), help="beta schedule (default linear)")
+    p.add_argument("--prediction", choices=("eps", "v", "x0"), help="network target (default eps)")
+    p.add_argument("--min-snr", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
+
+
+def add_train_autoencoder_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train-autoencoder", help="train a small AutoencoderKL on a folder of images", description="Train a KL autoencoder (reconstruction + KL) whose latents a diffusion model can then learn.")
+    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    add_training_options(p)
+    p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
+    p.add_argument("--block-channels", type=int_list, help="channels per level, e.g. 32,64,64 (3 levels: 4x down-sampling)")
+    p.add_argument("--layers-per-block", type=positive_int)
+    p.add_argument("--latent-channels", type=positive_int)
+    p.add_argument("--norm-groups", type=positive_int)
+    p.add_argument("--kl-weight", type=float, help="weight of the KL term against the per-pixel MSE (default 1e-6)")
+    p.set_defaults(model="autoencoder_kl")
 
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,11 +141,11 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.model is not None and args.model != model.get("type"):
         model = {"type": args.model}
     for flag, name in MODEL_FLAGS.items():
-        if getattr(args, flag) is not None:
+        if getattr(args, flag, None) is not None:
             model[name] = getattr(args, flag)
     options["model"] = model
     for flag, name in TRAIN_FLAGS.items():
-        if getattr(args, flag) is not None:
+        if getattr(args, flag, None) is not None:
             options[name] = getattr(args, flag)
     if args.schedule is not None:
         from catdiff.diffusion.schedule import NoiseSchedule
@@ -281,6 +304,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="catdiff", description="Train, sample and serve small diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(commands)
+    add_train_autoencoder_parser(commands)
     add_encode_parser(commands)
     add_sample_parser(commands)
     add_export_parser(commands)

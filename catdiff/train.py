@@ -32,13 +32,13 @@ from catdiff.checkpoints import (
     save_checkpoint,
 )
 from catdiff.data import random_hflip
-from catdiff.diffusion.objective import PREDICTIONS, min_snr_weight, training_target
+from catdiff.diffusion.objective import PREDICTIONS
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.ema import EMA
 from catdiff.errors import UserError
 from catdiff.images import save_grid
-from catdiff.models import build_model, model_config
-from catdiff.pipeline import Pipeline
+from catdiff.models import AutoencoderKL, build_model, model_config
+from catdiff.tasks import AutoencoderTask, DiffusionTask, Task
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class TrainConfig:
     schedule: dict[str, Any] = field(default_factory=lambda: NoiseSchedule().to_config())
     prediction: Literal["eps", "v", "x0"] = "eps"
     min_snr_gamma: float | None = None
+    kl_weight: float = 1e-6
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-4
@@ -112,6 +113,20 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def make_task(config: TrainConfig, network: torch.nn.Module, *, pixels: bool) -> Task:
+    """Autoencoders learn to reconstruct; every other model learns to denoise."""
+    if isinstance(network, AutoencoderKL):
+        return AutoencoderTask(network, kl_weight=config.kl_weight)
+    # Pixels live in [-1, 1]: clipping the x0 estimate keeps the first, noisiest sampling
+    # steps from throwing samples off the data range (Ho et al. 2020, sec. 3.3).
+    return DiffusionTask(
+        NoiseSchedule.from_config(config.schedule),
+        config.prediction,
+        min_snr_gamma=config.min_snr_gamma,
+        clip_x0=1.0 if pixels else None,
+    )
+
+
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A generator owned by one training step, so that any step can be replayed."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
@@ -162,13 +177,13 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
-        self.schedule = NoiseSchedule.from_config(config.schedule)
         self.order = BatchOrder(len(data), config.batch_size * config.grad_accum * self.world, config.seed)
         torch.manual_seed(config.seed)
         try:
             network = build_model(config.model)
         except (TypeError, ValueError) as error:
             raise UserError(f"bad model config: {error}") from None
+        self.task = make_task(config, network, pixels=data.dtype == torch.uint8)
         self.ema = EMA(network, max_decay=config.ema_max_decay, power=config.ema_power)
         optimizer = torch.optim.AdamW(
             network.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -181,17 +196,10 @@ class Trainer:
 
     @property
     def run_config(self) -> dict[str, Any]:
-        sample_shape = list(self.data.shape[1:])
         return {
             "model": model_config(self.accelerator.unwrap_model(self.network)),
-            "diffusion": {
-                "schedule": self.config.schedule,
-                "prediction": self.config.prediction,
-                # Pixels live in [-1, 1]: clipping the x0 estimate keeps the first, noisiest
-                # steps from throwing samples off the data range (Ho et al. 2020, sec. 3.3).
-                "clip_x0": 1.0 if self.data.dtype == torch.uint8 else None,
-            },
-            "sample_shape": sample_shape,
+            **self.task.config(),
+            "sample_shape": list(self.data.shape[1:]),
             "autoencoder": self.autoencoder,
             "data": self.data_info,
             "train": asdict(self.config),
@@ -226,8 +234,9 @@ class Trainer:
             return False
         path = found[-1]
         saved, ours = read_config(path), json.loads(json.dumps(self.run_config))
-        if saved["model"] != ours["model"] or saved["diffusion"] != ours["diffusion"]:
-            raise UserError(f"cannot resume {path}: its model or diffusion config differs from this run's")
+        task_keys = self.task.config().keys()
+        if saved["model"] != ours["model"] or any(saved.get(k) != ours[k] for k in task_keys):
+            raise UserError(f"cannot resume {path}: its model or {'/'.join(task_keys)} config differs from this run's")
         state = read_training_state(path)
         load_state_strict(self.accelerator.unwrap_model(self.network), read_weights(path, ema=False), path)
         self.ema.load_state_dict(read_weights(path, ema=True))
@@ -248,36 +257,23 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------------
 
-    def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The global batch of ``step`` (all processes, all accumulation rounds): data, t, noise."""
+    def batch(self, step: int) -> tuple[Tensor, ...]:
+        """The global batch of ``step`` (all processes, all accumulation rounds) and its draws."""
         generator = step_generator(self.config.seed, step)
         indices = self.order(step)
         x0 = self.data[indices]
         if self.config.flip:
             x0 = random_hflip(x0, generator, None if self.mirrored is None else self.mirrored[indices])
         x0 = x0.float() / 127.5 - 1 if x0.dtype == torch.uint8 else x0.float()
-        t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        return x0, t, noise
+        return (x0, *self.task.draw(x0, generator))
 
-    def micro_batches(self, step: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    def micro_batches(self, step: int) -> list[tuple[Tensor, ...]]:
         """This process's share of each accumulation round of ``step``."""
         size = self.config.batch_size * self.world
         device = self.accelerator.device
         batch = self.batch(step)
         rounds = [slice(m * size + self.rank, (m + 1) * size, self.world) for m in range(self.config.grad_accum)]
         return [tuple(v[share].to(device) for v in batch) for share in rounds]
-
-    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in self.schedule.alpha_sigma(t))
-        x_t = alpha * x0 + sigma * noise
-        target = training_target(self.config.prediction, x0, noise, alpha, sigma)
-        output = self.network(x_t, t.float()).float()
-        per_sample = (output - target).pow(2).mean(dim=(1, 2, 3))
-        if self.config.min_snr_gamma is not None:
-            weight = min_snr_weight(self.config.prediction, self.schedule.snr(t), self.config.min_snr_gamma)
-            per_sample = per_sample * weight.float()
-        return per_sample.mean()
 
     def train_step(self) -> float:
         """One optimizer step over ``grad_accum`` rounds; returns the mean loss."""
@@ -288,7 +284,7 @@ class Trainer:
         for m, micro_batch in enumerate(rounds):
             last = m == len(rounds) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.network):
-                loss = self.loss(*micro_batch) / len(rounds)
+                loss = self.task.loss(self.network, *micro_batch) / len(rounds)
                 self.accelerator.backward(loss)
             total += loss.item()
         if self.config.grad_clip > 0:
@@ -306,8 +302,8 @@ class Trainer:
     def preview(self) -> Path:
         if self.autoencoder is not None and self._decoder is None:
             self._decoder = load_autoencoder(self.autoencoder["source"])
-        pipeline = Pipeline.from_config(self.run_config, self.ema.model, self._decoder)
-        images = pipeline.sample(self.config.preview_n, steps=self.config.preview_steps, sampler="ddim", seed=0)
+        options = {"n": self.config.preview_n, "steps": self.config.preview_steps, "autoencoder": self._decoder}
+        images = self.task.preview(self.ema.model, self.data, self.run_config, **options)
         return save_grid(images, self.run_dir / PREVIEWS_DIR / f"step-{self.step:07d}.png")
 
     def fit(self) -> Path | None:

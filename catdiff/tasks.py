@@ -1,0 +1,105 @@
+"""What the trainer optimises: a task draws a step's randomness and turns a batch into a loss.
+
+``draw`` sees the whole global batch and one generator per step, so every process and every
+resumed run gets the same draws; ``loss`` sees one process's share of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from catdiff.diffusion.objective import Prediction, min_snr_weight, training_target
+from catdiff.diffusion.schedule import NoiseSchedule
+from catdiff.models import AutoencoderKL
+from catdiff.pipeline import Pipeline
+
+
+class Task(Protocol):
+    def draw(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]: ...
+
+    def loss(self, network: nn.Module, x0: Tensor, *draws: Tensor) -> Tensor: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+    def preview(self, network: nn.Module, data: Tensor, run_config: dict[str, Any], **options: Any) -> Tensor: ...
+
+
+class DiffusionTask:
+    """Denoising score matching on a VP schedule (Ho et al. 2020), with an eps, v or x0 target
+    and optional min-SNR-gamma weighting (Hang et al. 2023)."""
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction: Prediction,
+        *,
+        min_snr_gamma: float | None = None,
+        clip_x0: float | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.prediction = prediction
+        self.min_snr_gamma = min_snr_gamma
+        self.clip_x0 = clip_x0
+
+    def draw(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
+        t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
+        return t, torch.randn(x0.shape, generator=generator)
+
+    def loss(self, network: nn.Module, x0: Tensor, *draws: Tensor) -> Tensor:
+        t, noise = draws
+        alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in self.schedule.alpha_sigma(t))
+        x_t = alpha * x0 + sigma * noise
+        target = training_target(self.prediction, x0, noise, alpha, sigma)
+        output = network(x_t, t.float()).float()
+        per_sample = (output - target).pow(2).mean(dim=(1, 2, 3))
+        if self.min_snr_gamma is not None:
+            per_sample = per_sample * min_snr_weight(self.prediction, self.schedule.snr(t), self.min_snr_gamma).float()
+        return per_sample.mean()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "diffusion": {
+                "schedule": self.schedule.to_config(),
+                "prediction": self.prediction,
+                "clip_x0": self.clip_x0,
+            }
+        }
+
+    def preview(self, network: nn.Module, data: Tensor, run_config: dict[str, Any], **options: Any) -> Tensor:
+        """Samples of the EMA network (decoded through ``options["autoencoder"]`` if any)."""
+        pipeline = Pipeline.from_config(run_config, network, options.get("autoencoder"))
+        return pipeline.sample(options["n"], steps=options["steps"], sampler="ddim", seed=0)
+
+
+class AutoencoderTask:
+    """Reconstruction (MSE) plus a weighted KL to N(0, I): the VAE objective of latent
+    diffusion's first stage (Kingma & Welling 2014; Rombach et al. 2022, without the GAN)."""
+
+    def __init__(self, model: AutoencoderKL, *, kl_weight: float) -> None:
+        self.latent_channels = model.latent_channels
+        self.factor = model.downsampling_factor
+        self.kl_weight = kl_weight
+
+    def draw(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
+        n, _, h, w = x0.shape
+        return (torch.randn(n, self.latent_channels, h // self.factor, w // self.factor, generator=generator),)
+
+    def loss(self, network: nn.Module, x0: Tensor, *draws: Tensor) -> Tensor:
+        (noise,) = draws
+        posterior = network.encode(x0)
+        reconstruction = network.decode(posterior.mean + posterior.std * noise).float()
+        return (reconstruction - x0).pow(2).mean() + self.kl_weight * posterior.kl().mean() / x0[0].numel()
+
+    def config(self) -> dict[str, Any]:
+        return {"autoencoder_training": {"kl_weight": self.kl_weight}}
+
+    def preview(self, network: nn.Module, data: Tensor, run_config: dict[str, Any], **options: Any) -> Tensor:
+        """Originals (top rows) over their reconstructions (bottom rows)."""
+        originals = data[: options["n"] // 2]
+        originals = originals.float() / 127.5 - 1 if originals.dtype == torch.uint8 else originals.float()
+        with torch.inference_mode():
+            reconstructions = network.decode(network.encode(originals).mean).clamp(-1, 1)
+        return torch.cat([originals, reconstructions])
