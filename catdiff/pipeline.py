@@ -81,6 +81,7 @@ class Pipeline:
     prediction: Prediction
     sample_shape: tuple[int, ...]
     clip_x0: float | None = None
+    dynamic_percentile: float | None = None
     spacing: Spacing = "trailing"
     autoencoder: Autoencoder | None = None
 
@@ -93,6 +94,7 @@ class Pipeline:
             prediction=diffusion["prediction"],
             sample_shape=tuple(config["sample_shape"]),
             clip_x0=diffusion.get("clip_x0"),
+            dynamic_percentile=diffusion.get("dynamic_percentile"),
             autoencoder=autoencoder,
         )
 
@@ -157,7 +159,7 @@ class Pipeline:
         sample_fn = get_sampler(sampler)
         sigmas = self.sigmas(steps).to(self.device)
         generator = torch.Generator().manual_seed(seed)
-        denoise = Denoiser(self.network, self.schedule, self.prediction, clip_x0=self.clip_x0)
+        denoise = Denoiser(self.network, self.schedule, self.prediction, clip_x0=self.clip_x0, dynamic_percentile=self.dynamic_percentile)
         images = []
         with tqdm(total=n * steps, disable=None if progress is None else not progress, desc="sampling", unit="step", unit_scale=1 / n) as bar:
 

@@ -38,11 +38,13 @@ class DiffusionTask:
         *,
         min_snr_gamma: float | None = None,
         clip_x0: float | None = None,
+        dynamic_percentile: float | None = None,
     ) -> None:
         self.schedule = schedule
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
         self.clip_x0 = clip_x0
+        self.dynamic_percentile = dynamic_percentile
 
     def draw(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
         t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
@@ -65,6 +67,7 @@ class DiffusionTask:
                 "schedule": self.schedule.to_config(),
                 "prediction": self.prediction,
                 "clip_x0": self.clip_x0,
+                "dynamic_percentile": self.dynamic_percentile,
             }
         }
 

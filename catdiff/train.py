@@ -117,13 +117,15 @@ def make_task(config: TrainConfig, network: torch.nn.Module, *, pixels: bool) ->
     """Autoencoders learn to reconstruct; every other model learns to denoise."""
     if isinstance(network, AutoencoderKL):
         return AutoencoderTask(network, kl_weight=config.kl_weight)
-    # Pixels live in [-1, 1]: clipping the x0 estimate keeps the first, noisiest sampling
-    # steps from throwing samples off the data range (Ho et al. 2020, sec. 3.3).
+    # Pixels live in [-1, 1]: keeping the x0 estimate in range stops the first, noisiest
+    # sampling steps from throwing samples off the data (Ho et al. 2020, sec. 3.3); the
+    # dynamic threshold of Imagen does it without saturating colours.
     return DiffusionTask(
         NoiseSchedule.from_config(config.schedule),
         config.prediction,
         min_snr_gamma=config.min_snr_gamma,
         clip_x0=1.0 if pixels else None,
+        dynamic_percentile=0.995 if pixels else None,
     )
 
 
