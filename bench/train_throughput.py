@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="side of the (latent) images; default: the recipe's size")
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    print(f"| recipe | parameters | threads | img/s |\n|---|---|---|---|")
+    print("| recipe | parameters | threads | img/s |\n|---|---|---|---|")
     for path in args.recipes:
         recipe = json.loads(path.read_text())
         rate, params = images_per_second(recipe, args.channels, args.size or recipe["size"], args.steps)

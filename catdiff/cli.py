@@ -100,15 +100,23 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train", help="train a denoiser on a folder of images", description="Train a diffusion model on a folder of images or a latent cache.")
-    p.add_argument("data", type=Path, help="folder of images (searched recursively), or a latent cache from `catdiff encode`")
+    p = commands.add_parser(
+        "train",
+        help="train a denoiser on a folder of images",
+        description="Train a diffusion model on a folder of images or a latent cache.",
+    )
+    p.add_argument(
+        "data", type=Path, help="folder of images (searched recursively), or a latent cache from `catdiff encode`"
+    )
     add_training_options(p)
     p.add_argument("--autoencoder", help="with a latent cache: refuse it unless it was made with this autoencoder")
     p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
     p.add_argument("--model", choices=("unet", "seed_unet"), help="denoiser architecture (default unet)")
     p.add_argument("--channels", type=positive_int, help="base channel width of the denoiser")
     p.add_argument("--channel-mult", type=int_list, help="unet channel multipliers, e.g. 1,2,2")
-    p.add_argument("--attention-levels", type=int_list, help="unet levels (0 = full resolution) with self-attention, e.g. 2,3")
+    p.add_argument(
+        "--attention-levels", type=int_list, help="unet levels (0 = full resolution) with self-attention, e.g. 2,3"
+    )
     p.add_argument("--res-blocks", type=positive_int, help="unet residual blocks per level")
     p.add_argument("--dropout", type=float)
     p.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), help="beta schedule (default linear)")
@@ -117,11 +125,17 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_autoencoder_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train-autoencoder", help="train a small AutoencoderKL on a folder of images", description="Train a KL autoencoder (reconstruction + KL) whose latents a diffusion model can then learn.")
+    p = commands.add_parser(
+        "train-autoencoder",
+        help="train a small AutoencoderKL on a folder of images",
+        description="Train a KL autoencoder (reconstruction + KL) whose latents a diffusion model can then learn.",
+    )
     p.add_argument("data", type=Path, help="folder of images (searched recursively)")
     add_training_options(p)
     p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
-    p.add_argument("--block-channels", type=int_list, help="channels per level, e.g. 32,64,64 (3 levels: 4x down-sampling)")
+    p.add_argument(
+        "--block-channels", type=int_list, help="channels per level, e.g. 32,64,64 (3 levels: 4x down-sampling)"
+    )
     p.add_argument("--layers-per-block", type=positive_int)
     p.add_argument("--latent-channels", type=positive_int)
     p.add_argument("--norm-groups", type=positive_int)
@@ -174,7 +188,12 @@ def training_data(args: argparse.Namespace, size: int | None) -> tuple[Any, Any,
         check_compatible(manifest, autoencoder=wanted, size=size or manifest["size"], root=args.data)
     elif size is not None and size != manifest["size"]:
         raise UserError(f"latent cache {args.data} was made at size {manifest['size']} px, not {size} px")
-    info = {"latents": str(args.data), "source": manifest["source"], "size": manifest["size"], "count": manifest["count"]}
+    info = {
+        "latents": str(args.data),
+        "source": manifest["source"],
+        "size": manifest["size"],
+        "count": manifest["count"],
+    }
     record = {**manifest["autoencoder"], "source": manifest["autoencoder_source"]}
     return cache.latents, cache.flipped, info, record
 
@@ -203,10 +222,18 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def add_encode_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("encode", help="encode an image folder into a latent cache", description="Encode a folder of images once into sharded latents for training (resumable).")
+    p = commands.add_parser(
+        "encode",
+        help="encode an image folder into a latent cache",
+        description="Encode a folder of images once into sharded latents for training (resumable).",
+    )
     p.add_argument("data", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="latent cache folder")
-    p.add_argument("--autoencoder", default="taesd", help="'taesd' (bundled), an SD-1.x VAE file or folder, or a catdiff autoencoder folder")
+    p.add_argument(
+        "--autoencoder",
+        default="taesd",
+        help="'taesd' (bundled), an SD-1.x VAE file or folder, or a catdiff autoencoder folder",
+    )
     p.add_argument("--size", type=positive_int, default=128, help="image side in pixels before encoding")
     p.add_argument("--no-flip", action="store_true", help="do not also encode the mirrored images")
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard file")
@@ -241,7 +268,11 @@ def run_encode(args: argparse.Namespace) -> None:
 
 
 def add_export_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("export", help="write a self-contained pipeline folder", description="Write a pipeline folder (pipeline.json, unet/, autoencoder/) that holds everything needed to sample.")
+    p = commands.add_parser(
+        "export",
+        help="write a self-contained pipeline folder",
+        description="Write a pipeline folder (pipeline.json, unet/, autoencoder/) that holds everything needed to sample.",
+    )
     p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
@@ -261,8 +292,14 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def add_sample_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("sample", help="sample a trained model into a PNG grid", description="Sample images from a run, checkpoint or model folder.")
-    p.add_argument("model", type=Path, help="pipeline folder, run folder (newest checkpoint), checkpoint or model folder")
+    p = commands.add_parser(
+        "sample",
+        help="sample a trained model into a PNG grid",
+        description="Sample images from a run, checkpoint or model folder.",
+    )
+    p.add_argument(
+        "model", type=Path, help="pipeline folder, run folder (newest checkpoint), checkpoint or model folder"
+    )
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
     p.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim")

@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 from catdiff.errors import UserError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "ImageFolder", "find_images", "open_rgb", "random_hflip", "read_image",
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "find_images",
+    "open_rgb",
+    "random_hflip",
+    "read_image",
     "uint8_to_float",
 ]
 
@@ -95,9 +100,7 @@ def uint8_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32) / 127.5 - 1.0
 
 
-def random_hflip(
-    batch: torch.Tensor, generator: torch.Generator, mirrored: torch.Tensor | None = None
-) -> torch.Tensor:
+def random_hflip(batch: torch.Tensor, generator: torch.Generator, mirrored: torch.Tensor | None = None) -> torch.Tensor:
     """Flip each image of an ``[N, C, H, W]`` batch left-right with probability 1/2.
 
     The coin flips come from ``generator`` only (one ``torch.rand`` of N draws on the
@@ -121,11 +124,7 @@ def find_images(root: Path) -> list[Path]:
     found = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        found += [
-            Path(folder, f)
-            for f in files
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        ]
+        found += [Path(folder, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -182,9 +181,7 @@ class ImageFolder(torch.utils.data.Dataset):
             raise UserError(f"not a folder: {self.root} (give the folder that holds the images)")
         candidates = find_images(self.root)
         if not candidates:
-            raise UserError(
-                f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}"
-            )
+            raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}")
 
         self.paths: list[Path] = []
         self.skipped: list[Path] = []
@@ -211,7 +208,10 @@ class ImageFolder(torch.utils.data.Dataset):
                 names += f" and {len(self.skipped) - _SHOW_AT_MOST} more"
             log.warning(
                 "%s: skipped %d of %d files that could not be read: %s",
-                self.root, len(self.skipped), len(candidates), names,
+                self.root,
+                len(self.skipped),
+                len(candidates),
+                names,
             )
         if not self.paths:
             raise UserError(f"none of the {len(candidates)} image files in {self.root} could be read")

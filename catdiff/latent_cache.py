@@ -61,9 +61,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
 def check_compatible(manifest: dict[str, Any], *, autoencoder: dict[str, Any], size: int, root: Path) -> None:
     """Refuse a cache made with another autoencoder or at another size."""
     if manifest["autoencoder"] != autoencoder:
-        raise UserError(
-            f"latent cache {root} was made with autoencoder {manifest['autoencoder']}, not {autoencoder}"
-        )
+        raise UserError(f"latent cache {root} was made with autoencoder {manifest['autoencoder']}, not {autoencoder}")
     if manifest["size"] != size:
         raise UserError(f"latent cache {root} was made at size {manifest['size']} px, not {size} px")
 
@@ -111,7 +109,9 @@ def encode_folder(
     todo = [i for i in range(manifest["num_shards"]) if not shard_path(out, i).is_file()]
     if len(todo) < manifest["num_shards"]:
         log.info("%s: %d of %d shards already encoded", out, manifest["num_shards"] - len(todo), manifest["num_shards"])
-    with tqdm(total=len(dataset), disable=None if progress is None else not progress, desc="encoding", unit="img") as bar:
+    with tqdm(
+        total=len(dataset), disable=None if progress is None else not progress, desc="encoding", unit="img"
+    ) as bar:
         bar.update(len(dataset) - sum(len(_shard_range(manifest, i)) for i in todo))
         for index in todo:
             tensors: dict[str, list[Tensor]] = {"latents": [], "flipped": []}

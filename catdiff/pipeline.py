@@ -65,7 +65,9 @@ def recorded_autoencoder(config: dict[str, Any], folder: Path) -> Autoencoder | 
     recorded = config.get("autoencoder")
     if recorded is None:
         return None
-    autoencoder = load_autoencoder(folder / AUTOENCODER_DIR if (folder / AUTOENCODER_DIR).is_dir() else recorded["source"])
+    autoencoder = load_autoencoder(
+        folder / AUTOENCODER_DIR if (folder / AUTOENCODER_DIR).is_dir() else recorded["source"]
+    )
     found = autoencoder.descriptor()
     if found["weights"] != recorded["weights"]:
         raise UserError(f"the autoencoder at {recorded['source']} is not the one {folder} was trained with")
@@ -86,7 +88,9 @@ class Pipeline:
     autoencoder: Autoencoder | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], network: nn.Module, autoencoder: Autoencoder | None = None) -> Pipeline:
+    def from_config(
+        cls, config: dict[str, Any], network: nn.Module, autoencoder: Autoencoder | None = None
+    ) -> Pipeline:
         diffusion = config["diffusion"]
         return cls(
             network=network,
@@ -159,9 +163,21 @@ class Pipeline:
         sample_fn = get_sampler(sampler)
         sigmas = self.sigmas(steps).to(self.device)
         generator = torch.Generator().manual_seed(seed)
-        denoise = Denoiser(self.network, self.schedule, self.prediction, clip_x0=self.clip_x0, dynamic_percentile=self.dynamic_percentile)
+        denoise = Denoiser(
+            self.network,
+            self.schedule,
+            self.prediction,
+            clip_x0=self.clip_x0,
+            dynamic_percentile=self.dynamic_percentile,
+        )
         images = []
-        with tqdm(total=n * steps, disable=None if progress is None else not progress, desc="sampling", unit="step", unit_scale=1 / n) as bar:
+        with tqdm(
+            total=n * steps,
+            disable=None if progress is None else not progress,
+            desc="sampling",
+            unit="step",
+            unit_scale=1 / n,
+        ) as bar:
 
             def on_step(*args: Any, **kwargs: Any) -> None:
                 bar.update(len(batch))

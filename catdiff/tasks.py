@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from catdiff.data import uint8_to_float
 from catdiff.diffusion.objective import Prediction, min_snr_weight, training_target
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.models import AutoencoderKL
@@ -102,7 +103,7 @@ class AutoencoderTask:
     def preview(self, network: nn.Module, data: Tensor, run_config: dict[str, Any], **options: Any) -> Tensor:
         """Originals (top rows) over their reconstructions (bottom rows)."""
         originals = data[: options["n"] // 2]
-        originals = originals.float() / 127.5 - 1 if originals.dtype == torch.uint8 else originals.float()
+        originals = uint8_to_float(originals) if originals.dtype == torch.uint8 else originals.float()
         with torch.inference_mode():
             reconstructions = network.decode(network.encode(originals).mean).clamp(-1, 1)
         return torch.cat([originals, reconstructions])

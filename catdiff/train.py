@@ -31,7 +31,7 @@ from catdiff.checkpoints import (
     read_weights,
     save_checkpoint,
 )
-from catdiff.data import random_hflip
+from catdiff.data import random_hflip, uint8_to_float
 from catdiff.diffusion.objective import PREDICTIONS
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.ema import EMA
@@ -266,7 +266,7 @@ class Trainer:
         x0 = self.data[indices]
         if self.config.flip:
             x0 = random_hflip(x0, generator, None if self.mirrored is None else self.mirrored[indices])
-        x0 = x0.float() / 127.5 - 1 if x0.dtype == torch.uint8 else x0.float()
+        x0 = uint8_to_float(x0) if x0.dtype == torch.uint8 else x0.float()
         return (x0, *self.task.draw(x0, generator))
 
     def micro_batches(self, step: int) -> list[tuple[Tensor, ...]]:

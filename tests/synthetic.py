@@ -67,8 +67,18 @@ def make_messy_folder(root: Path) -> tuple[set[str], set[str]]:
     noise_image(8, 8).save(root / ".cache" / "thumb.png")
 
     readable = {
-        "good1.jpg", "good2.png", "good3.webp", "GOOD4.BMP", "sub/deeper/nested.jpeg",
-        "tiny.png", "cmyk.jpg", "rgba.png", "la.png", "palette.png", "palette_opaque.bmp",
-        "grey.jpg", "grey16.png",
+        "good1.jpg",
+        "good2.png",
+        "good3.webp",
+        "GOOD4.BMP",
+        "sub/deeper/nested.jpeg",
+        "tiny.png",
+        "cmyk.jpg",
+        "rgba.png",
+        "la.png",
+        "palette.png",
+        "palette_opaque.bmp",
+        "grey.jpg",
+        "grey16.png",
     }
     return readable, {"truncated.jpg", "notes.jpg"}

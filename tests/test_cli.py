@@ -14,7 +14,14 @@ from catdiff.models import build_model, model_config
 from catdiff.pipeline import Pipeline
 from synthetic import make_messy_folder
 
-TINY_UNET = {"type": "unet", "in_channels": 3, "out_channels": 3, "base_channels": 32, "channel_mult": [1, 2], "attention_levels": [1]}
+TINY_UNET = {
+    "type": "unet",
+    "in_channels": 3,
+    "out_channels": 3,
+    "base_channels": 32,
+    "channel_mult": [1, 2],
+    "attention_levels": [1],
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +30,10 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     network = build_model(TINY_UNET)
     config = {
         "model": model_config(network),
-        "diffusion": {"schedule": {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02}, "prediction": "eps"},
+        "diffusion": {
+            "schedule": {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+            "prediction": "eps",
+        },
         "sample_shape": [3, 8, 8],
     }
     return write_model_folder(tmp_path_factory.mktemp("models") / "tiny", config, network.state_dict())
@@ -100,7 +110,9 @@ def test_missing_output_folder_fails_before_sampling(model_folder: Path, tmp_pat
 
 
 def test_sample_writes_a_grid_and_the_same_seed_gives_the_same_images(model_folder: Path, tmp_path: Path) -> None:
-    result = catdiff("sample", str(model_folder), "--n", "4", "--steps", "5", "--seed", "7", "--out", str(tmp_path / "a.png"))
+    result = catdiff(
+        "sample", str(model_folder), "--n", "4", "--steps", "5", "--seed", "7", "--out", str(tmp_path / "a.png")
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "a.png").stat().st_size > 0
     pipeline = Pipeline.from_folder(model_folder)

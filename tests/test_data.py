@@ -12,7 +12,7 @@ import torch
 from conftest import require_shared
 from PIL import Image
 
-from catdiff.data import ImageFolder, find_images, random_hflip, uint8_to_float
+from catdiff.data import ImageFolder, find_images, random_hflip
 from catdiff.errors import UserError
 from synthetic import noise_image, make_messy_folder
 

@@ -88,12 +88,16 @@ def test_killed_encoder_resumes_without_redoing_shards(images: Path, cache: Path
         assert all(torch.equal(resumed[k], full[k]) for k in full)
 
 
-def test_cache_from_another_autoencoder_or_size_is_refused(images: Path, cache: Path, tiny_kl: Path, tmp_path: Path) -> None:
+def test_cache_from_another_autoencoder_or_size_is_refused(
+    images: Path, cache: Path, tiny_kl: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(cache, copy)
     other_size = run("encode", str(images), "--size", "32", "--shard-size", "8", "--out", str(copy))
     assert other_size.returncode == 2 and "made at size 64 px, not 32 px" in other_size.stderr
-    other_ae = run("encode", str(images), "--size", "64", "--shard-size", "8", "--autoencoder", str(tiny_kl), "--out", str(copy))
+    other_ae = run(
+        "encode", str(images), "--size", "64", "--shard-size", "8", "--autoencoder", str(tiny_kl), "--out", str(copy)
+    )
     assert other_ae.returncode == 2 and "was made with autoencoder" in other_ae.stderr
     train = run("train", str(cache), "--out", str(tmp_path / "run"), "--autoencoder", str(tiny_kl), "--max-steps", "1")
     assert train.returncode == 2 and "was made with autoencoder" in train.stderr
@@ -101,11 +105,16 @@ def test_cache_from_another_autoencoder_or_size_is_refused(images: Path, cache: 
     assert train.returncode == 2 and "made at size 64 px, not 128 px" in train.stderr
 
 
-def test_ldm_trains_on_the_cache_and_exports_a_self_contained_pipeline(images: Path, tiny_kl: Path, tmp_path: Path) -> None:
+def test_ldm_trains_on_the_cache_and_exports_a_self_contained_pipeline(
+    images: Path, tiny_kl: Path, tmp_path: Path
+) -> None:
     autoencoder = tmp_path / "ae"
     shutil.copytree(tiny_kl, autoencoder)
     latents = tmp_path / "latents"
-    assert run("encode", str(images), "--size", "64", "--autoencoder", str(autoencoder), "--out", str(latents)).returncode == 0
+    assert (
+        run("encode", str(images), "--size", "64", "--autoencoder", str(autoencoder), "--out", str(latents)).returncode
+        == 0
+    )
     run_dir = tmp_path / "run"
     result = run(
         "train", str(latents), "--out", str(run_dir), "--channels", "32", "--channel-mult", "1",

@@ -123,7 +123,15 @@ def test_ddpm_matches_diffusers_every_step(variance, n, spacing, prediction):
     noise = _start_noise()
     theirs, theirs_x0 = _run_diffusers(scheduler, net, n, noise, torch.Generator().manual_seed(7))
     ours, ours_x0, final = _run_ours(
-        sample_ddpm, schedule, net, prediction, n, spacing, 0, noise, torch.Generator().manual_seed(7),
+        sample_ddpm,
+        schedule,
+        net,
+        prediction,
+        n,
+        spacing,
+        0,
+        noise,
+        torch.Generator().manual_seed(7),
         variance=variance,
     )
     # diffusers adds noise on every step with t > 0, so on the last step of a grid that ends above
@@ -204,8 +212,12 @@ def test_ddim_cosine_schedule_matches_diffusers():
     schedule = NoiseSchedule("cosine", T)
     net = ToyNet(schedule, "v")
     scheduler = DDIMScheduler(
-        num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-        set_alpha_to_one=True, prediction_type="v_prediction", timestep_spacing="trailing",
+        num_train_timesteps=T,
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
     )
     noise = _start_noise()
     theirs, theirs_x0 = _run_diffusers(scheduler, net, 20, noise, None)

@@ -73,9 +73,7 @@ def _diffusers_timesteps(cls, n: int, spacing: str, offset: int = 0) -> list[int
 
 
 @pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
-@pytest.mark.parametrize(
-    "spacing,offset", [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)]
-)
+@pytest.mark.parametrize("spacing,offset", [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)])
 def test_timesteps_match_diffusers(cls, spacing, offset):
     s = NoiseSchedule()
     for n in STEPS:

@@ -94,12 +94,8 @@ def test_parity_with_diffusers_autoencoder_tiny(taesd: TAESD) -> None:
     images = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
     latents = torch.randn(2, 4, 8, 8, generator=gen) * 2  # large enough to use the soft clamp
     with torch.no_grad():
-        torch.testing.assert_close(
-            taesd.encode(images), reference.encode(images).latents, rtol=0, atol=1e-4
-        )
-        torch.testing.assert_close(
-            taesd.decode(latents), reference.decode(latents).sample, rtol=0, atol=1e-4
-        )
+        torch.testing.assert_close(taesd.encode(images), reference.encode(images).latents, rtol=0, atol=1e-4)
+        torch.testing.assert_close(taesd.decode(latents), reference.decode(latents).sample, rtol=0, atol=1e-4)
 
 
 def test_round_trip_psnr_on_cat_faces_at_128px(taesd: TAESD, tmp_path: Path) -> None:

@@ -41,7 +41,10 @@ def env() -> dict[str, str]:
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     last = checkpoint_dirs(run)[-1]
     assert last.name == f"step-{2 * N:07d}"
-    return {**load_file(last / "model.safetensors"), **{f"ema.{k}": v for k, v in load_file(last / "ema.safetensors").items()}}
+    return {
+        **load_file(last / "model.safetensors"),
+        **{f"ema.{k}": v for k, v in load_file(last / "ema.safetensors").items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,9 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_kill_and_resume_is_bit_exact(data: Path, uninterrupted: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    process = subprocess.Popen(catdiff(*train_args(data, out)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        catdiff(*train_args(data, out)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first = out / "checkpoints" / f"step-{N:07d}"
     deadline = time.monotonic() + 120
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -95,7 +100,9 @@ def test_log_holds_loss_lr_and_throughput(uninterrupted: Path) -> None:
     assert records[-1]["lr"] == pytest.approx(1e-3)
 
 
-def test_two_process_ddp_matches_one_process_with_the_global_batch(data: Path, uninterrupted: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_matches_one_process_with_the_global_batch(
+    data: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
     """2 processes x batch 4 see the same data and noise as 1 process x batch 8 (the uninterrupted run)."""
     out = tmp_path / "ddp"
     args = train_args(data, out)
@@ -106,6 +113,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(data: Path, u
     ]  # fmt: skip
     result = subprocess.run(launch, env=env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
     def losses(run: Path) -> list[float]:
         return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
 
@@ -134,10 +142,19 @@ def test_gradient_accumulation_equals_the_larger_batch(data: Path, tmp_path: Pat
     from catdiff.train import Trainer, TrainConfig
 
     images = ImageFolder(data, 16).load_all()
-    model = {"type": "unet", "in_channels": 3, "out_channels": 3, "base_channels": 32, "channel_mult": [1, 2], "attention_levels": [1]}
+    model = {
+        "type": "unet",
+        "in_channels": 3,
+        "out_channels": 3,
+        "base_channels": 32,
+        "channel_mult": [1, 2],
+        "attention_levels": [1],
+    }
     weights = []
     for batch_size, accum in ((8, 1), (4, 2)):
-        config = TrainConfig(model=model, batch_size=batch_size, grad_accum=accum, max_steps=3, preview_every=0, lr=1e-3)
+        config = TrainConfig(
+            model=model, batch_size=batch_size, grad_accum=accum, max_steps=3, preview_every=0, lr=1e-3
+        )
         trainer = Trainer(config, images, tmp_path / f"b{batch_size}", data_info={})
         trainer.fit()
         weights.append(torch.cat([p.detach().flatten() for p in trainer.network.parameters()]))

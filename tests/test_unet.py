@@ -28,8 +28,18 @@ def perturbed(model: nn.Module, std: float = 0.05) -> nn.Module:
     [
         (TINY, (2, 3, 16, 16), 3),
         ({**TINY, "in_channels": 4, "out_channels": 8, "attention_levels": ()}, (1, 4, 8, 12), 8),
-        ({**TINY, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "conv_resample": False,
-          "attention_levels": (0, 2), "dropout": 0.1}, (2, 3, 16, 16), 3),
+        (
+            {
+                **TINY,
+                "channel_mult": (1, 2, 2),
+                "num_res_blocks": 2,
+                "conv_resample": False,
+                "attention_levels": (0, 2),
+                "dropout": 0.1,
+            },
+            (2, 3, 16, 16),
+            3,
+        ),
     ],
 )
 def test_output_shape(fields: dict, shape: tuple, out_channels: int) -> None:
@@ -117,8 +127,15 @@ def test_bf16_autocast_and_channels_last(make) -> None:
     "config",
     [
         {"type": "unet", **TINY, "attention_levels": (1,), "dropout": 0.1},
-        {"type": "seed_unet", "in_channels": 3, "out_channels": 3, "base_channels": 8,
-         "filters": (8, 16), "embed_dim": 16, "norm_groups": 4},
+        {
+            "type": "seed_unet",
+            "in_channels": 3,
+            "out_channels": 3,
+            "base_channels": 8,
+            "filters": (8, 16),
+            "embed_dim": 16,
+            "norm_groups": 4,
+        },
     ],
 )
 def test_config_round_trip_through_json(config: dict) -> None:

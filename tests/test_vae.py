@@ -80,8 +80,9 @@ def assert_same_outputs(ref, ours: AutoencoderKL, x: Tensor) -> None:
 # --- the CompVis layout, written out from the CompVis Encoder/Decoder constructors ----------
 
 
-def compvis_vae_shapes(ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int = 4,
-                       in_channels: int = 3, out_ch: int = 3) -> dict[str, tuple[int, ...]]:
+def compvis_vae_shapes(
+    ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int = 4, in_channels: int = 3, out_ch: int = 3
+) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a CompVis ``AutoencoderKL`` (ldm/modules/diffusionmodules/model.py with
     attn_resolutions=[], double_z=True, embed_dim=z_channels), built independently of catdiff."""
     shapes: dict[str, tuple[int, ...]] = {}

@@ -42,8 +42,10 @@ class _Block(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            _conv(channels, channels), nn.ReLU(),
-            _conv(channels, channels), nn.ReLU(),
+            _conv(channels, channels),
+            nn.ReLU(),
+            _conv(channels, channels),
+            nn.ReLU(),
             _conv(channels, channels),
         )
         self.fuse = nn.ReLU()
@@ -80,10 +82,14 @@ class TAESDEncoder(nn.Sequential):
 
     def __init__(self, latent_channels: int = 4) -> None:
         super().__init__(
-            _conv(3, _WIDTH), *_blocks(1),
-            _down(), *_blocks(3),
-            _down(), *_blocks(3),
-            _down(), *_blocks(3),
+            _conv(3, _WIDTH),
+            *_blocks(1),
+            _down(),
+            *_blocks(3),
+            _down(),
+            *_blocks(3),
+            _down(),
+            *_blocks(3),
             _conv(_WIDTH, latent_channels),
         )
 
@@ -98,10 +104,16 @@ class TAESDDecoder(nn.Sequential):
 
     def __init__(self, latent_channels: int = 4) -> None:
         super().__init__(
-            _SoftClamp(), _conv(latent_channels, _WIDTH), nn.ReLU(), *_blocks(3),
-            *_up(), *_blocks(3),
-            *_up(), *_blocks(3),
-            *_up(), *_blocks(1),
+            _SoftClamp(),
+            _conv(latent_channels, _WIDTH),
+            nn.ReLU(),
+            *_blocks(3),
+            *_up(),
+            *_blocks(3),
+            *_up(),
+            *_blocks(3),
+            *_up(),
+            *_blocks(1),
             _conv(_WIDTH, 3),
         )
 

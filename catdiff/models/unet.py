@@ -67,9 +67,7 @@ class ResBlock(nn.Module):
     out = skip(x) + conv2(dropout(SiLU(h))), conv2 zero-initialised so the block starts as skip.
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, emb_dim: int, *, groups: int, dropout: float
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, *, groups: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -163,9 +161,7 @@ class UNetConfig:
         self.attention_levels = tuple(self.attention_levels)
         bad = [i for i in self.attention_levels if not 0 <= i < len(self.channel_mult)]
         if bad:
-            raise ValueError(
-                f"attention_levels {bad} out of range for {len(self.channel_mult)} levels"
-            )
+            raise ValueError(f"attention_levels {bad} out of range for {len(self.channel_mult)} levels")
 
 
 class UNet(nn.Module):
@@ -183,9 +179,7 @@ class UNet(nn.Module):
         self.config = cfg = config
         c0 = cfg.base_channels
         emb_dim = 4 * c0
-        self.time_mlp = nn.Sequential(
-            nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         def block(c_in: int, c_out: int, attn: bool) -> ResAttnBlock:
             res = ResBlock(c_in, c_out, emb_dim, groups=cfg.groups, dropout=cfg.dropout)
@@ -230,17 +224,13 @@ class UNet(nn.Module):
 
     def _attention(self, channels: int) -> SelfAttention2d:
         num_heads = max(1, channels // self.config.attention_head_dim)
-        return SelfAttention2d(
-            channels, num_heads=num_heads, groups=self.config.groups, zero_init=True
-        )
+        return SelfAttention2d(channels, num_heads=num_heads, groups=self.config.groups, zero_init=True)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         """x_t: [B, C, H, W] with H, W divisible by 2**(levels-1); t: [B] float timesteps."""
         factor = 2 ** (len(self.config.channel_mult) - 1)
         if x_t.shape[-2] % factor or x_t.shape[-1] % factor:
-            raise ValueError(
-                f"height and width must be divisible by {factor}, got {tuple(x_t.shape)}"
-            )
+            raise ValueError(f"height and width must be divisible by {factor}, got {tuple(x_t.shape)}")
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))

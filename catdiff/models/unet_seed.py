@@ -35,11 +35,7 @@ class SeedResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, groups: int) -> None:
         super().__init__()
-        self.proj = (
-            nn.Identity()
-            if in_channels == out_channels
-            else nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        )
+        self.proj = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm1 = nn.GroupNorm(groups, out_channels, eps=_EPS)
         self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=_EPS)
@@ -125,9 +121,7 @@ class SeedUNet(nn.Module):
         B, _, H, W = x_t.shape
         factor = 2 ** len(self.config.filters)
         if H % factor or W % factor:
-            raise ValueError(
-                f"height and width must be divisible by {factor}, got {tuple(x_t.shape)}"
-            )
+            raise ValueError(f"height and width must be divisible by {factor}, got {tuple(x_t.shape)}")
         if t.ndim == 0:
             t = t.expand(B)
         emb = timestep_embedding(t, self.config.embed_dim, max_period=self.config.max_period)

@@ -77,9 +77,7 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         """z = mean + std * eps, eps ~ N(0, I) drawn from ``generator`` (the reparameterisation)."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
     def mode(self) -> Tensor:
@@ -212,9 +210,7 @@ class Encoder(nn.Module):
         widths = c.block_out_channels
         self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
-            DownBlock(
-                widths[max(i - 1, 0)], width, c.layers_per_block, downsample=i < len(widths) - 1, **norm
-            )
+            DownBlock(widths[max(i - 1, 0)], width, c.layers_per_block, downsample=i < len(widths) - 1, **norm)
             for i, width in enumerate(widths)
         )
         self.mid_block = MidBlock(widths[-1], **norm)
@@ -245,9 +241,7 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(c.latent_channels, widths[0], 3, padding=1)
         self.mid_block = MidBlock(widths[0], **norm)
         self.up_blocks = nn.ModuleList(
-            UpBlock(
-                widths[max(i - 1, 0)], width, c.layers_per_block + 1, upsample=i < len(widths) - 1, **norm
-            )
+            UpBlock(widths[max(i - 1, 0)], width, c.layers_per_block + 1, upsample=i < len(widths) - 1, **norm)
             for i, width in enumerate(widths)
         )
         self.conv_norm_out = nn.GroupNorm(c.norm_groups, widths[-1], eps=c.norm_eps)

@@ -207,8 +207,13 @@ def config_from_diffusers(config: Mapping[str, Any], *, source: Path | str = "co
         unsupported.append(f"down_block_types {config['down_block_types']}")
     if any(t != "UpDecoderBlock2D" for t in config.get("up_block_types", ())):
         unsupported.append(f"up_block_types {config['up_block_types']}")
-    for field, want in (("act_fn", "silu"), ("use_quant_conv", True), ("use_post_quant_conv", True),
-                        ("mid_block_add_attention", True), ("shift_factor", None)):
+    for field, want in (
+        ("act_fn", "silu"),
+        ("use_quant_conv", True),
+        ("use_post_quant_conv", True),
+        ("mid_block_add_attention", True),
+        ("shift_factor", None),
+    ):
         if config.get(field, want) != want:
             unsupported.append(f"{field}={config[field]!r}")
     if unsupported:
@@ -231,8 +236,13 @@ def config_from_diffusers(config: Mapping[str, Any], *, source: Path | str = "co
         raise UserError(f"{source}: unusable AutoencoderKL config: {error}") from None
 
 
-def infer_config(state: Mapping[str, Tensor], *, norm_groups: int = 32, scaling_factor: float = 0.18215,
-                 source: Path | str = "weights") -> AutoencoderKLConfig:
+def infer_config(
+    state: Mapping[str, Tensor],
+    *,
+    norm_groups: int = 32,
+    scaling_factor: float = 0.18215,
+    source: Path | str = "weights",
+) -> AutoencoderKLConfig:
     """The config of a state dict in our naming, read from the tensor shapes.
 
     The GroupNorm group count and the scaling factor leave no trace in the weights: they are
@@ -250,10 +260,12 @@ def infer_config(state: Mapping[str, Tensor], *, norm_groups: int = 32, scaling_
 
     widths = tuple(
         dim(
-            [(f"encoder.down_blocks.{i}.resnets.0.conv1.weight", 0),
-             (f"encoder.down_blocks.{i}.resnets.0.conv2.weight", 0),
-             (f"decoder.up_blocks.{levels - 1 - i}.resnets.0.conv1.weight", 0),
-             (f"decoder.up_blocks.{levels - 1 - i}.resnets.1.conv1.weight", 0)],
+            [
+                (f"encoder.down_blocks.{i}.resnets.0.conv1.weight", 0),
+                (f"encoder.down_blocks.{i}.resnets.0.conv2.weight", 0),
+                (f"decoder.up_blocks.{levels - 1 - i}.resnets.0.conv1.weight", 0),
+                (f"decoder.up_blocks.{levels - 1 - i}.resnets.1.conv1.weight", 0),
+            ],
             f"width of level {i}",
         )
         for i in range(levels)
@@ -351,7 +363,7 @@ def read_vae_state(path: str | Path) -> tuple[dict[str, Tensor], str]:
         raise UserError(f"no such file: {path}")
     state = _read_file(path, _select_vae_keys)
     prefix = COMPVIS_PREFIX if state and all(k.startswith(COMPVIS_PREFIX) for k in state) else ""
-    state = {k[len(prefix):]: v for k, v in state.items()}
+    state = {k[len(prefix) :]: v for k, v in state.items()}
     return _drop_training_state(state, path), prefix
 
 
@@ -370,8 +382,9 @@ def _check_keys(expected: list[str], found: Iterable[str], source: Path, name: C
         raise UserError(f"weights in {source} do not fit the VAE: {'; '.join(problems)}")
 
 
-def _build(config: AutoencoderKLConfig, state: dict[str, Tensor], source: Path,
-           name: Callable[[str], str] = lambda k: k) -> AutoencoderKL:
+def _build(
+    config: AutoencoderKLConfig, state: dict[str, Tensor], source: Path, name: Callable[[str], str] = lambda k: k
+) -> AutoencoderKL:
     model = AutoencoderKL(config)
     _check_keys(list(model.state_dict()), state, source, name)
     load_state_strict(model, state, source)  # shapes (keys were checked above, in the file's naming)
