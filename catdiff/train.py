@@ -153,7 +153,8 @@ class BatchOrder:
 
 
 class Trainer:
-    """Trains a denoiser on a tensor dataset of images or latents in [-1, 1]-like scale."""
+    """Trains a model on a tensor dataset of images or latents: a denoiser, or an autoencoder
+    (the task is chosen by the model, see :mod:`catdiff.tasks`)."""
 
     def __init__(
         self,
