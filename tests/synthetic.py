@@ -9,6 +9,17 @@ import numpy as np
 from PIL import Image
 
 
+# A general U-Net small enough for tests to train in seconds (16x16 RGB images).
+TINY_UNET = {
+    "type": "unet",
+    "in_channels": 3,
+    "out_channels": 3,
+    "base_channels": 32,
+    "channel_mult": [1, 2],
+    "attention_levels": [1],
+}
+
+
 def make_image_folder(root: Path, n: int = 32, size: int = 16, seed: int = 0) -> Path:
     """``n`` PNGs of a bright disc on a dark background at random places and colours."""
     rng = np.random.default_rng(seed)

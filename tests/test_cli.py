@@ -12,17 +12,7 @@ import torch
 from catdiff.checkpoints import write_model_folder
 from catdiff.models import build_model, model_config
 from catdiff.pipeline import Pipeline
-from synthetic import make_messy_folder
-
-TINY_UNET = {
-    "type": "unet",
-    "in_channels": 3,
-    "out_channels": 3,
-    "base_channels": 32,
-    "channel_mult": [1, 2],
-    "attention_levels": [1],
-}
-
+from synthetic import TINY_UNET, make_messy_folder
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from catdiff.checkpoints import checkpoint_dirs
-from synthetic import make_image_folder
+from synthetic import TINY_UNET, make_image_folder
 
 N = 5  # checkpoint interval; runs are 2N steps
 
@@ -142,18 +142,10 @@ def test_gradient_accumulation_equals_the_larger_batch(data: Path, tmp_path: Pat
     from catdiff.train import Trainer, TrainConfig
 
     images = ImageFolder(data, 16).load_all()
-    model = {
-        "type": "unet",
-        "in_channels": 3,
-        "out_channels": 3,
-        "base_channels": 32,
-        "channel_mult": [1, 2],
-        "attention_levels": [1],
-    }
     weights = []
     for batch_size, accum in ((8, 1), (4, 2)):
         config = TrainConfig(
-            model=model, batch_size=batch_size, grad_accum=accum, max_steps=3, preview_every=0, lr=1e-3
+            model=TINY_UNET, batch_size=batch_size, grad_accum=accum, max_steps=3, preview_every=0, lr=1e-3
         )
         trainer = Trainer(config, images, tmp_path / f"b{batch_size}", data_info={})
         trainer.fit()
