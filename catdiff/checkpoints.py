@@ -48,6 +48,17 @@ def write_model_folder(
     return path
 
 
+def read_format_json(file: Path, format: str, what: str) -> dict[str, Any]:
+    """A JSON description that must carry ``"format": format``; anything else is a :class:`UserError`."""
+    try:
+        description = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"unreadable {file}: {error}") from None
+    if not isinstance(description, dict) or description.get("format") != format:
+        raise UserError(f"not a catdiff {what}: {file.parent}")
+    return description
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """The config of a model folder; a folder that is not one is a :class:`UserError`."""
     config_path = path / CONFIG_FILE

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from catdiff.checkpoints import read_format_json
 from catdiff.data import ImageFolder
 from catdiff.errors import UserError
 
@@ -49,13 +50,7 @@ def is_latent_cache(path: Path) -> bool:
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((root / MANIFEST_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"unreadable latent cache manifest {root / MANIFEST_FILE}: {error}") from None
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"not a catdiff latent cache: {root}")
-    return manifest
+    return read_format_json(root / MANIFEST_FILE, FORMAT, "latent cache")
 
 
 def check_compatible(manifest: dict[str, Any], *, autoencoder: dict[str, Any], size: int, root: Path) -> None:

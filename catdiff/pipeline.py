@@ -13,7 +13,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
-from catdiff.checkpoints import load_state_strict, read_config, read_weights, resolve_model_folder, write_model_folder
+from catdiff.checkpoints import (
+    read_format_json,
+    load_state_strict,
+    read_config,
+    read_weights,
+    resolve_model_folder,
+    write_model_folder,
+)
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.objective import Prediction
 from catdiff.diffusion.samplers import get_sampler
@@ -26,13 +33,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
 def _read_pipeline_json(folder: Path) -> dict[str, Any]:
-    try:
-        description = json.loads((folder / PIPELINE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"unreadable {folder / PIPELINE_FILE}: {error}") from None
-    if description.get("format") != PIPELINE_FORMAT:
-        raise UserError(f"not a catdiff pipeline folder: {folder}")
-    return description
+    return read_format_json(folder / PIPELINE_FILE, PIPELINE_FORMAT, "pipeline folder")
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
