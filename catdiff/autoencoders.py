@@ -40,6 +40,10 @@ class Autoencoder:
 
     module: TAESD | AutoencoderKL
 
+    def __post_init__(self) -> None:
+        # Convolutions on CPU and GPU run 1.5x faster in NHWC, with the same results to float rounding.
+        self.module.to(memory_format=torch.channels_last)
+
     @property
     def kind(self) -> str:
         return "taesd" if isinstance(self.module, TAESD) else "autoencoder_kl"
@@ -57,14 +61,16 @@ class Autoencoder:
         return {"type": self.kind, "weights": fingerprint(self.module)}
 
     def encode(self, images: Tensor) -> Tensor:
+        images = images.contiguous(memory_format=torch.channels_last)
         if isinstance(self.module, TAESD):
-            return self.module.encode(images)
-        return self.module.encode_latents(images)
+            return self.module.encode(images).contiguous()
+        return self.module.encode_latents(images).contiguous()
 
     def decode(self, latents: Tensor) -> Tensor:
+        latents = latents.contiguous(memory_format=torch.channels_last)
         if isinstance(self.module, TAESD):
-            return self.module.decode(latents)
-        return self.module.decode_latents(latents)
+            return self.module.decode(latents).contiguous()
+        return self.module.decode_latents(latents).contiguous()
 
     def to(self, device: torch.device | str) -> Autoencoder:
         self.module.to(device)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
@@ -264,6 +265,29 @@ def run_encode(args: argparse.Namespace) -> None:
     print(f"encoded {len(dataset)} images into {out}")
 
 
+# --- split -------------------------------------------------------------------------------------
+
+
+def add_split_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "split",
+        help="split an image folder into train/ and heldout/",
+        description="Split an image folder into OUT/train and OUT/heldout (symbolic links, nothing copied).",
+    )
+    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="folder to hold train/ and heldout/")
+    p.add_argument("--heldout", type=positive_int, required=True, help="number of images to hold out")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    p.set_defaults(run=run_split)
+
+
+def run_split(args: argparse.Namespace) -> None:
+    from catdiff.data import split_folder
+
+    train, heldout = split_folder(args.data, args.out, heldout=args.heldout, seed=args.seed)
+    print(f"wrote {train} and {heldout} ({args.heldout} held out)")
+
+
 # --- export ------------------------------------------------------------------------------------
 
 
@@ -276,15 +300,22 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    p.add_argument("--fp16", action="store_true", help="store the denoiser's weights in float16 (half the size)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="the pipeline's default sampler")
+    p.add_argument("--steps", type=positive_int, help="the pipeline's default number of steps")
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
+    import torch
+
     from catdiff.checkpoints import read_config, resolve_model_folder
     from catdiff.pipeline import Pipeline
 
     folder = resolve_model_folder(args.model)
-    Pipeline.from_folder(folder, ema=not args.no_ema).save(args.out, read_config(folder))
+    pipeline = Pipeline.from_folder(folder, ema=not args.no_ema)
+    pipeline.sampling.update({k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None})
+    pipeline.save(args.out, read_config(folder), dtype=torch.float16 if args.fp16 else torch.float32)
     print(f"wrote pipeline {args.out}")
 
 
@@ -311,12 +342,14 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any work if the output cannot be written."""
+    """Fail before any work if the output cannot be written (by trying: root ignores permission bits)."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output folder is not writable: {parent}")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as error:
+        raise UserError(f"output folder is not writable: {parent} ({error.strerror})") from None
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -334,6 +367,114 @@ def run_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.n} images to {args.out}")
 
 
+# --- generate ----------------------------------------------------------------------------------
+
+
+def add_generate_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "generate",
+        help="make new images with the bundled cat model (or another pipeline)",
+        description="Make a PNG grid of new images from a pipeline folder; by default the bundled cat model.",
+    )
+    p.add_argument("--model", default="cats", help="a bundled model's name or a pipeline folder (default: cats)")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
+    p.add_argument("--steps", type=positive_int, help="sampler steps (default: the model's)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's")
+    p.add_argument("--out", type=Path, default=Path("cats.png"), help="grid PNG to write")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from catdiff.images import save_grid
+    from catdiff.pipeline import Pipeline, pipeline_folder
+
+    check_writable(args.out)
+    pipeline = Pipeline.from_folder(pipeline_folder(args.model))
+    steps = args.steps or pipeline.sampling["steps"]
+    if steps > pipeline.schedule.T:
+        raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {steps}")
+    sampler = args.sampler or pipeline.sampling["sampler"]
+    images = pipeline.sample(
+        args.n, steps=steps, sampler=sampler, seed=args.seed, precision=args.precision, progress=None
+    )
+    save_grid(images, args.out)
+    print(f"wrote {args.n} images ({sampler}, {steps} steps, seed {args.seed}) to {args.out}")
+
+
+# --- eval --------------------------------------------------------------------------------------
+
+
+def add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="compare generated samples with the training images",
+        description=(
+            "Fréchet distance (and KID) of samples to the training images, and memorisation:"
+            " how close samples come to training images, against held-out images."
+        ),
+    )
+    p.add_argument("samples", help="a folder of sample images, or a model to sample (bundled name, pipeline, run)")
+    p.add_argument("--train", type=Path, required=True, help="folder of the training images")
+    p.add_argument("--heldout", type=Path, help="folder of images held out of training (for memorisation)")
+    p.add_argument("--n", type=positive_int, default=500, help="samples to generate from a model")
+    p.add_argument("--steps", type=positive_int, help="sampler steps (default: the model's)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train", type=positive_int, default=2000, help="training images to compare with, at most")
+    p.add_argument(
+        "--inception", type=Path, help="Inception weights file for FID/KID proper (default: TAESD features)"
+    )
+    p.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    p.set_defaults(run=run_eval)
+
+
+def evaluation_samples(args: argparse.Namespace) -> Any:
+    """The images to evaluate: read from a folder of images, or generated by a model."""
+    from catdiff.data import ImageFolder, uint8_to_float
+    from catdiff.pipeline import BUNDLED_PIPELINES, Pipeline
+
+    path = Path(args.samples)
+    if args.samples not in BUNDLED_PIPELINES and path.is_dir() and not any(
+        (path / name).exists() for name in ("pipeline.json", "config.json", "checkpoints")
+    ):
+        return uint8_to_float(ImageFolder(path, 64, preload=True).images)
+    pipeline = Pipeline.from_folder(pipeline_or_model(args.samples))
+    return pipeline.sample(
+        args.n,
+        steps=args.steps or pipeline.sampling["steps"],
+        sampler=args.sampler or pipeline.sampling["sampler"],
+        seed=args.seed,
+        progress=None,
+    )
+
+
+def pipeline_or_model(spec: str) -> Path:
+    """A bundled model's folder, or the path as given."""
+    from catdiff.pipeline import BUNDLED_PIPELINES, pipeline_folder
+
+    return pipeline_folder(spec) if spec in BUNDLED_PIPELINES else Path(spec)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from catdiff.data import ImageFolder, uint8_to_float
+    from catdiff.metrics import InceptionPool3, evaluate
+
+    if args.json is not None:
+        check_writable(args.json)
+    features = InceptionPool3(args.inception) if args.inception is not None else None
+    train = ImageFolder(args.train, 64, preload=True).images
+    train = uint8_to_float(train[:: max(1, -(-len(train) // args.max_train))])
+    heldout = uint8_to_float(ImageFolder(args.heldout, 64, preload=True).images) if args.heldout else None
+    report = evaluate(evaluation_samples(args), train, heldout, features=features, kid=features is not None)
+    report["features"] = "inception" if features is not None else "taesd"
+    text = json.dumps(report, indent=2)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    print(text)
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
@@ -345,6 +486,9 @@ def build_parser() -> Parser:
     add_encode_parser(commands)
     add_sample_parser(commands)
     add_export_parser(commands)
+    add_split_parser(commands)
+    add_generate_parser(commands)
+    add_eval_parser(commands)
     return parser
 
 

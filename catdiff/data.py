@@ -272,3 +272,28 @@ class ImageFolder(torch.utils.data.Dataset):
             f"ImageFolder({str(self.root)!r}, size={self.size}, images={len(self)}, "
             f"skipped={len(self.skipped)}, preloaded={self.images is not None})"
         )
+
+
+def split_folder(root: str | os.PathLike, out: str | os.PathLike, *, heldout: int, seed: int = 0) -> tuple[Path, Path]:
+    """Split an image folder into ``out/train`` and ``out/heldout`` folders of symbolic links.
+
+    ``heldout`` images, drawn by a seeded permutation of the sorted relative paths (so the same
+    files on any machine), go to ``heldout``; the rest to ``train``. The images are not copied
+    or changed. Held-out images are what memorisation checks compare samples against.
+    """
+    root, out = Path(root).resolve(), Path(out)
+    if not root.is_dir():
+        raise UserError(f"image folder not found: {root}")
+    paths = find_images(root)
+    if not 0 < heldout < len(paths):
+        raise UserError(f"--heldout must be between 1 and {len(paths) - 1} for {root} ({len(paths)} images)")
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = set(order[:heldout])
+    parts = (out / "train", out / "heldout")
+    if any(part.exists() for part in parts):
+        raise UserError(f"{out} already holds a split; choose another --out")
+    for i, path in enumerate(paths):
+        link = parts[i in chosen] / path.relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    return parts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -48,6 +48,22 @@ PIPELINE_FORMAT = "catdiff.pipeline/1"
 PIPELINE_FILE = "pipeline.json"
 UNET_DIR = "unet"
 AUTOENCODER_DIR = "autoencoder"
+BUNDLED_DIR = Path(__file__).parent / "weights"
+BUNDLED_PIPELINES = ("cats",)
+DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 50}
+
+
+def pipeline_folder(spec: str | Path) -> Path:
+    """The pipeline folder of a bundled model's name (``"cats"``) or of a path."""
+    if str(spec) in BUNDLED_PIPELINES:
+        return BUNDLED_DIR / str(spec)
+    path = Path(spec)
+    if not (path / PIPELINE_FILE).is_file():
+        raise UserError(
+            f"not a pipeline folder: {path} (needs {PIPELINE_FILE}; make one with `catdiff export`,"
+            f" or name a bundled model: {', '.join(BUNDLED_PIPELINES)})"
+        )
+    return path
 
 
 def load_network(folder: Path, *, ema: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -87,6 +103,7 @@ class Pipeline:
     dynamic_percentile: float | None = None
     spacing: Spacing = "trailing"
     autoencoder: Autoencoder | None = None
+    sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
 
     @classmethod
     def from_config(
@@ -101,6 +118,7 @@ class Pipeline:
             clip_x0=diffusion.get("clip_x0"),
             dynamic_percentile=diffusion.get("dynamic_percentile"),
             autoencoder=autoencoder,
+            sampling={**DEFAULT_SAMPLING, **config.get("sampling", {})},
         )
 
     @classmethod
@@ -124,11 +142,17 @@ class Pipeline:
             self.autoencoder.to(device)
         return self
 
-    def save(self, folder: Path, config: dict[str, Any]) -> Path:
-        """Write a self-contained pipeline folder: ``pipeline.json``, ``unet/``, ``autoencoder/``."""
+    def save(self, folder: Path, config: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> Path:
+        """Write a self-contained pipeline folder: ``pipeline.json``, ``unet/``, ``autoencoder/``.
+
+        ``dtype`` is that of the stored denoiser weights (float16 halves the file); they are
+        loaded back into float32 modules.
+        """
         folder.mkdir(parents=True, exist_ok=True)
-        write_model_folder(folder / UNET_DIR, {"model": config["model"]}, self.network.state_dict())
+        weights = {name: tensor.to(dtype) for name, tensor in self.network.state_dict().items()}
+        write_model_folder(folder / UNET_DIR, {"model": config["model"]}, weights)
         description = {key: config[key] for key in ("diffusion", "sample_shape", "autoencoder") if key in config}
+        description["sampling"] = self.sampling
         if self.autoencoder is not None:
             self.autoencoder.save(folder / AUTOENCODER_DIR)
         (folder / PIPELINE_FILE).write_text(json.dumps({"format": PIPELINE_FORMAT, **description}, indent=2) + "\n")

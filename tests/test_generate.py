@@ -1,0 +1,101 @@
+"""`catdiff generate`, `catdiff export --fp16` and `catdiff split` through the command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from catdiff.checkpoints import read_weights
+from catdiff.pipeline import Pipeline
+from synthetic import make_image_folder
+from test_cli import assert_one_line_error, catdiff, model_folder  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    out = tmp_path_factory.mktemp("pipelines") / "tiny"
+    result = catdiff("export", str(model_folder), "--out", str(out), "--fp16", "--sampler", "ddpm", "--steps", "7")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
+    model_folder: Path,  # noqa: F811
+    pipeline_dir: Path,
+) -> None:
+    weights = read_weights(pipeline_dir / "unet")
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    full = read_weights(model_folder)
+    assert all(torch.allclose(weights[k].float(), full[k], rtol=1e-3, atol=1e-4) for k in full)
+    pipeline = Pipeline.from_folder(pipeline_dir)
+    assert pipeline.sampling == {"sampler": "ddpm", "steps": 7}
+    assert next(pipeline.network.parameters()).dtype == torch.float32
+
+
+def test_generate_writes_a_grid_and_the_same_seed_gives_the_same_grid(pipeline_dir: Path, tmp_path: Path) -> None:
+    grids = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        out = tmp_path / f"{name}.png"
+        result = catdiff("generate", "--model", str(pipeline_dir), "--n", "4", "--seed", seed, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert "ddpm, 7 steps" in result.stdout
+        grids.append(torch.from_numpy(np.array(Image.open(out))))
+    assert grids[0].shape == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2, 3)  # 2x2 tiles of 8 px, 2 px padding
+    assert torch.equal(grids[0], grids[1])
+    assert not torch.equal(grids[0], grids[2])
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--n", "0"], ["--n"]),
+        (["--steps", "0"], ["--steps"]),
+        (["--sampler", "warp-drive"], ["--sampler", "warp-drive"]),
+    ],
+)
+def test_bad_generate_options(pipeline_dir: Path, tmp_path: Path, flags: list[str], words: list[str]) -> None:
+    out = tmp_path / "x.png"
+    assert_one_line_error(catdiff("generate", "--model", str(pipeline_dir), "--out", str(out), *flags), *words)
+    assert not out.exists()
+
+
+def test_generate_refuses_a_model_that_is_not_a_pipeline_folder(model_folder: Path, tmp_path: Path) -> None:  # noqa: F811
+    for model in (model_folder, tmp_path / "missing"):
+        assert_one_line_error(
+            catdiff("generate", "--model", str(model), "--out", str(tmp_path / "x.png")), "not a pipeline folder"
+        )
+
+
+def test_generate_refuses_a_missing_or_read_only_output_folder_before_sampling(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    assert_one_line_error(
+        catdiff("generate", "--model", str(pipeline_dir), "--out", str(tmp_path / "nope" / "x.png")), "does not exist"
+    )
+    # Permission bits do not stop root, so as root use /proc, which no one may create files in.
+    read_only = Path("/proc") if os.geteuid() == 0 else tmp_path / "read-only"
+    if read_only != Path("/proc"):
+        read_only.mkdir()
+        read_only.chmod(0o555)
+    assert_one_line_error(
+        catdiff("generate", "--model", str(pipeline_dir), "--out", str(read_only / "x.png")), "not writable"
+    )
+
+
+def test_split_holds_out_the_same_files_every_time(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", n=20, size=8)
+    for name in ("one", "two"):
+        result = catdiff("split", str(data), "--heldout", "5", "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+    heldout = sorted(p.name for p in (tmp_path / "one" / "heldout").iterdir())
+    train = sorted(p.name for p in (tmp_path / "one" / "train").iterdir())
+    assert len(heldout) == 5 and len(train) == 15 and not set(heldout) & set(train)
+    assert heldout == sorted(p.name for p in (tmp_path / "two" / "heldout").iterdir())
+    assert all((tmp_path / "one" / "train" / name).resolve().parent == data.resolve() for name in train)
+    assert_one_line_error(catdiff("split", str(data), "--heldout", "5", "--out", str(tmp_path / "one")), "already")
+    assert_one_line_error(catdiff("split", str(data), "--heldout", "20", "--out", str(tmp_path / "x")), "--heldout")
