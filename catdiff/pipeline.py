@@ -24,7 +24,7 @@ from catdiff.checkpoints import (
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.objective import Prediction
 from catdiff.diffusion.samplers import get_sampler
-from catdiff.diffusion.schedule import NoiseSchedule, Spacing
+from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
 from catdiff.errors import UserError
 from catdiff.models import build_model
 
@@ -50,7 +50,7 @@ UNET_DIR = "unet"
 AUTOENCODER_DIR = "autoencoder"
 BUNDLED_DIR = Path(__file__).parent / "weights"
 BUNDLED_PIPELINES = ("cats",)
-DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 50}
+DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 50, "spacing": "trailing"}
 
 
 def pipeline_folder(spec: str | Path) -> Path:
@@ -101,7 +101,6 @@ class Pipeline:
     sample_shape: tuple[int, ...]
     clip_x0: float | None = None
     dynamic_percentile: float | None = None
-    spacing: Spacing = "trailing"
     autoencoder: Autoencoder | None = None
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
 
@@ -162,8 +161,9 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def sigmas(self, steps: int) -> Tensor:
-        return self.schedule.discrete_sigmas(steps, self.spacing)
+    def sigmas(self, steps: int, spacing: SigmaSpacing | None = None) -> Tensor:
+        """The noise levels of a ``steps``-step sampler; the pipeline's default spacing if None."""
+        return self.schedule.sampling_sigmas(steps, spacing or self.sampling["spacing"])
 
     @torch.inference_mode()
     def sample(
@@ -172,6 +172,7 @@ class Pipeline:
         *,
         steps: int = 50,
         sampler: str = "ddim",
+        spacing: SigmaSpacing | None = None,
         seed: int = 0,
         batch_size: int = 16,
         precision: Precision = "fp32",
@@ -186,7 +187,7 @@ class Pipeline:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         sample_fn = get_sampler(sampler)
-        sigmas = self.sigmas(steps).to(self.device)
+        sigmas = self.sigmas(steps, spacing).to(self.device)
         generator = torch.Generator().manual_seed(seed)
         denoise = Denoiser(
             self.network,

@@ -41,15 +41,14 @@ class ToyNet:
         g = torch.Generator().manual_seed(seed)
         self.mix = torch.randn(3, SHAPE[1], SHAPE[1], generator=g) * 0.5
         self.bias = torch.randn(SHAPE[1], 1, 1, generator=g) * 0.1
-        self.alphas_cumprod = schedule.alphas_cumprod.float()
+        self.schedule = schedule
         self.prediction = prediction
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        # fractional timesteps (Karras grids) take alpha-bar at the interpolated sigma
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_t.shape[0])
-        k = t.round()
-        assert bool(((t - k).abs() < 1e-3).all()), "the toy net expects the schedule's integer timesteps"
-        ac = self.alphas_cumprod[k.long()].view(-1, 1, 1, 1)
-        phase = (k.float() / T).view(-1, 1, 1, 1)
+        ac = (1 / (1 + self.schedule.t_to_sigma(t) ** 2)).float().view(-1, 1, 1, 1)
+        phase = (t.float() / T).view(-1, 1, 1, 1)
         # channel mixing of x_t and of its neighbours, element-wise: a conv or einsum would go
         # through multi-threaded kernels that crawl on 2 shared CPU cores
         mixed = self.bias

@@ -18,8 +18,25 @@ from torch import Tensor
 
 BetaKind = Literal["linear", "scaled_linear", "cosine"]
 Spacing = Literal["leading", "trailing", "linspace"]
+SigmaSpacing = Literal["leading", "trailing", "linspace", "uniform", "karras", "exponential"]
 BETA_KINDS: tuple[str, ...] = ("linear", "scaled_linear", "cosine")
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+SIGMA_SPACINGS: tuple[str, ...] = (*SPACINGS, "uniform", "karras", "exponential")
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """``n`` noise levels from ``sigma_max`` down to ``sigma_min``, uniform in ``sigma^(1/rho)``,
+    and a final 0 (Karras et al. 2022, eq. 5): small steps where noise is low."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return torch.cat([(inv_max + ramp * (inv_min - inv_max)) ** rho, torch.zeros(1, dtype=torch.float64)])
+
+
+def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """``n`` noise levels uniform in ``log sigma`` (equal steps in log-SNR, as DPM-Solver takes
+    them; Lu et al. 2022), and a final 0."""
+    levels = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
 
 
 def linear_betas(T: int, beta_start: float, beta_end: float) -> Tensor:
@@ -149,3 +166,18 @@ class NoiseSchedule:
     def discrete_sigmas(self, n: int, spacing: Spacing = "leading", offset: int = 0) -> Tensor:
         """The sigma grid of :meth:`timesteps`, descending, with a final 0 (the clean image)."""
         return torch.cat([self.sigmas[self.timesteps(n, spacing, offset)], torch.zeros(1, dtype=torch.float64)])
+
+    def sampling_sigmas(self, n: int, spacing: SigmaSpacing = "trailing") -> Tensor:
+        """A descending grid of ``n`` noise levels and a final 0, for a sampler of ``n`` steps.
+
+        "leading", "trailing" and "linspace" take the training steps of :meth:`timesteps`
+        ("uniform" is "linspace": uniform in t); "karras" and "exponential" span the schedule's
+        ``[sigma_min, sigma_max]`` continuously (:func:`karras_sigmas`, :func:`exponential_sigmas`).
+        """
+        if spacing not in SIGMA_SPACINGS:
+            raise ValueError(f"unknown sigma spacing {spacing!r}; choose one of {', '.join(SIGMA_SPACINGS)}")
+        if spacing == "karras":
+            return karras_sigmas(n, self.sigma_min, self.sigma_max)
+        if spacing == "exponential":
+            return exponential_sigmas(n, self.sigma_min, self.sigma_max)
+        return self.discrete_sigmas(n, "linspace" if spacing == "uniform" else spacing)

@@ -1,0 +1,35 @@
+"""The bundled cat model: it ships inside the package, loads, and the same seed gives the same cats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from catdiff.checkpoints import read_weights
+from catdiff.pipeline import Pipeline, pipeline_folder
+
+# The first two 8x8 block means (red channel) of seed 0's two images at 4 DDIM steps, recorded
+# when the model was shipped: a changed file, network or sampler moves them.
+REFERENCE = Path(__file__).parent / "data" / "bundled_cats_seed0.json"
+
+
+def test_bundled_weights_are_fp16_and_small() -> None:
+    folder = pipeline_folder("cats")
+    weights = read_weights(folder / "unet")
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size <= 60 * 2**20, f"{size / 2**20:.1f} MB"
+    assert (folder / "autoencoder" / "LICENSE").is_file()
+
+
+def test_bundled_model_makes_128px_images_and_the_same_seed_gives_the_same_images() -> None:
+    pipeline = Pipeline.from_folder(pipeline_folder("cats"))
+    first = pipeline.sample(2, steps=4, sampler="ddim", seed=0)
+    assert first.shape == (2, 3, 128, 128)
+    assert torch.equal(first, pipeline.sample(2, steps=4, sampler="ddim", seed=0))
+    assert not torch.equal(first, pipeline.sample(2, steps=4, sampler="ddim", seed=1))
+    blocks = torch.nn.functional.avg_pool2d(first[:, 0], 16).flatten()
+    reference = torch.tensor(json.loads(REFERENCE.read_text()))
+    assert torch.allclose(blocks, reference, atol=0.02), (blocks - reference).abs().max()
