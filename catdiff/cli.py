@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from catdiff.diffusion.samplers import SAMPLERS
+from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.errors import UserError
 
 log = logging.getLogger("catdiff")
@@ -303,6 +303,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true", help="store the denoiser's weights in float16 (half the size)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="the pipeline's default sampler")
     p.add_argument("--steps", type=positive_int, help="the pipeline's default number of steps")
+    p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="the pipeline's default spacing of noise levels")
     p.set_defaults(run=run_export)
 
 
@@ -314,7 +315,8 @@ def run_export(args: argparse.Namespace) -> None:
 
     folder = resolve_model_folder(args.model)
     pipeline = Pipeline.from_folder(folder, ema=not args.no_ema)
-    pipeline.sampling.update({k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None})
+    chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
+    pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
     pipeline.save(args.out, read_config(folder), dtype=torch.float16 if args.fp16 else torch.float32)
     print(f"wrote pipeline {args.out}")
 
@@ -334,6 +336,7 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
     p.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim")
+    p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="grid PNG to write")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
@@ -361,7 +364,13 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.steps > pipeline.schedule.T:
         raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {args.steps}")
     images = pipeline.sample(
-        args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, precision=args.precision, progress=None
+        args.n,
+        steps=args.steps,
+        sampler=args.sampler,
+        spacing=args.spacing,
+        seed=args.seed,
+        precision=args.precision,
+        progress=None,
     )
     save_grid(images, args.out)
     print(f"wrote {args.n} images to {args.out}")
@@ -381,6 +390,7 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
     p.add_argument("--steps", type=positive_int, help="sampler steps (default: the model's)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's")
+    p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps (default: the model's)")
     p.add_argument("--out", type=Path, default=Path("cats.png"), help="grid PNG to write")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.set_defaults(run=run_generate)
@@ -397,7 +407,13 @@ def run_generate(args: argparse.Namespace) -> None:
         raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {steps}")
     sampler = args.sampler or pipeline.sampling["sampler"]
     images = pipeline.sample(
-        args.n, steps=steps, sampler=sampler, seed=args.seed, precision=args.precision, progress=None
+        args.n,
+        steps=steps,
+        sampler=sampler,
+        spacing=args.spacing,
+        seed=args.seed,
+        precision=args.precision,
+        progress=None,
     )
     save_grid(images, args.out)
     print(f"wrote {args.n} images ({sampler}, {steps} steps, seed {args.seed}) to {args.out}")
@@ -423,9 +439,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train", type=positive_int, default=2000, help="training images to compare with, at most")
-    p.add_argument(
-        "--inception", type=Path, help="Inception weights file for FID/KID proper (default: TAESD features)"
-    )
+    p.add_argument("--inception", type=Path, help="Inception weights file for FID/KID proper (default: TAESD features)")
     p.add_argument("--json", type=Path, help="also write the report to this JSON file")
     p.set_defaults(run=run_eval)
 
@@ -436,8 +450,10 @@ def evaluation_samples(args: argparse.Namespace) -> Any:
     from catdiff.pipeline import BUNDLED_PIPELINES, Pipeline
 
     path = Path(args.samples)
-    if args.samples not in BUNDLED_PIPELINES and path.is_dir() and not any(
-        (path / name).exists() for name in ("pipeline.json", "config.json", "checkpoints")
+    if (
+        args.samples not in BUNDLED_PIPELINES
+        and path.is_dir()
+        and not any((path / name).exists() for name in ("pipeline.json", "config.json", "checkpoints"))
     ):
         return uint8_to_float(ImageFolder(path, 64, preload=True).images)
     pipeline = Pipeline.from_folder(pipeline_or_model(args.samples))

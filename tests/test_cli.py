@@ -14,6 +14,7 @@ from catdiff.models import build_model, model_config
 from catdiff.pipeline import Pipeline
 from synthetic import TINY_UNET, make_messy_folder
 
+
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)

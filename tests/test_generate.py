@@ -33,7 +33,7 @@ def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
     full = read_weights(model_folder)
     assert all(torch.allclose(weights[k].float(), full[k], rtol=1e-3, atol=1e-4) for k in full)
     pipeline = Pipeline.from_folder(pipeline_dir)
-    assert pipeline.sampling == {"sampler": "ddpm", "steps": 7}
+    assert pipeline.sampling == {"sampler": "ddpm", "steps": 7, "spacing": "trailing"}
     assert next(pipeline.network.parameters()).dtype == torch.float32
 
 

@@ -12,7 +12,7 @@ import torch
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.samplers import SAMPLERS, get_sampler
 from catdiff.diffusion.schedule import NoiseSchedule, exponential_sigmas, karras_sigmas
-from test_samplers import DIFFUSERS_PREDICTION, SHAPE, T, ToyNet, _start_noise
+from test_samplers import DIFFUSERS_PREDICTION, T, ToyNet, _start_noise
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler  # noqa: E402
