@@ -51,7 +51,12 @@ def main() -> None:
         began = time.perf_counter()
         samples = pipeline.sample(args.n, steps=args.steps, sampler=args.sampler, seed=0, batch_size=100)
         report = evaluate(samples, train, heldout)
-        row = {"step": step, "hours": (logged["time"] - start) / 3600, "sample_s": time.perf_counter() - began, **report}
+        row = {
+            "step": step,
+            "hours": (logged["time"] - start) / 3600,
+            "sample_s": time.perf_counter() - began,
+            **report,
+        }
         rows.append(row)
         print(
             f"| {step} | {row['hours']:.2f} | {report['frechet']:.2f} | {report['memorised_fraction']:.3f} |"

@@ -46,7 +46,9 @@ def main() -> None:
     if args.train is not None:
         images = ImageFolder(args.train, 64, preload=True).images
         train = uint8_to_float(images[:: max(1, -(-len(images) // args.max_train))])
-        print(f"Fréchet distance of the reference: {feature_distances(train, reference, features, kid=False).frechet:.2f}\n")
+        print(
+            f"Fréchet distance of the reference: {feature_distances(train, reference, features, kid=False).frechet:.2f}\n"
+        )
     print("| sampler | steps | network evaluations | RMS difference from the reference | Fréchet distance | s |")
     print("|---|---|---|---|---|---|")
     for name in args.samplers:

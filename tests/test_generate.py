@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -99,3 +100,12 @@ def test_split_holds_out_the_same_files_every_time(tmp_path: Path) -> None:
     assert all((tmp_path / "one" / "train" / name).resolve().parent == data.resolve() for name in train)
     assert_one_line_error(catdiff("split", str(data), "--heldout", "5", "--out", str(tmp_path / "one")), "already")
     assert_one_line_error(catdiff("split", str(data), "--heldout", "20", "--out", str(tmp_path / "x")), "--heldout")
+
+
+def test_eval_samples_a_model_and_reports(pipeline_dir: Path, tmp_path: Path) -> None:
+    train = make_image_folder(tmp_path / "train", n=12, size=8, seed=0)
+    heldout = make_image_folder(tmp_path / "heldout", n=4, size=8, seed=1)
+    result = catdiff("eval", str(pipeline_dir), "--train", str(train), "--heldout", str(heldout), "--n", "6")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frechet"] > 0 and 0 <= report["memorised_fraction"] <= 1
