@@ -109,3 +109,10 @@ def test_eval_samples_a_model_and_reports(pipeline_dir: Path, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["frechet"] > 0 and 0 <= report["memorised_fraction"] <= 1
+
+
+def test_compiled_pipeline_gives_the_same_images(pipeline_dir: Path) -> None:
+    pipeline = Pipeline.from_folder(pipeline_dir)
+    eager = pipeline.sample(2, steps=3, seed=1)
+    compiled = pipeline.compile().sample(2, steps=3, seed=1)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
