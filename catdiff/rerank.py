@@ -1,0 +1,211 @@
+"""Scorers for best-of-N: images in, one score per image out (higher is better).
+
+- :class:`CLIPScorer`: cosine similarity of an image to a prompt in CLIP's joint embedding
+  (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
+  Supervision"), from a local CLIP in transformers' or open_clip's format. Never downloads.
+- :class:`TypicalityScorer`: needs no external weights. It scores how typical an image's
+  features (the bundled TAESD encoder's, :class:`catdiff.metrics.TAESDFeatures`) are of the
+  training images: minus the Mahalanobis distance to their Gaussian fit, the per-image term of
+  the Fréchet distance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from catdiff.errors import UserError
+from catdiff.metrics import TAESDFeatures, batches
+
+DEFAULT_PROMPT = "a photo of a cat"
+TYPICALITY_FILE = "typicality.safetensors"
+# CLIP's image normalisation (OpenAI's preprocessing, also open_clip's default)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Scorer(Protocol):
+    """Images float NCHW in [-1, 1] -> scores ``[N]``; higher is better."""
+
+    name: str
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+
+def clip_pixels(images: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """CLIP's preprocessing on tensors: bicubic resize of the shorter side to ``size`` (the
+    longer one truncated, as CLIP's processors do), centre crop, per-channel normalisation."""
+    images = (images.float().clamp(-1, 1) + 1) / 2
+    h, w = images.shape[-2:]
+    shape = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    resized = F.interpolate(images, size=shape, mode="bicubic", antialias=True)
+    top, left = (resized.shape[-2] - size) // 2, (resized.shape[-1] - size) // 2
+    crop = resized[..., top : top + size, left : left + size].clamp(0, 1)
+    return (crop - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+class CLIPScorer:
+    """Cosine similarity between each image and a text prompt in CLIP's embedding space."""
+
+    name = "clip"
+
+    def __init__(
+        self,
+        encode_image: nn.Module,
+        text_embedding: Tensor,
+        *,
+        image_size: int,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+        batch_size: int = 16,
+    ) -> None:
+        self.encode_image = encode_image
+        self.text_embedding = F.normalize(text_embedding.float().reshape(1, -1), dim=-1)
+        self.image_size, self.mean, self.std, self.batch_size = image_size, mean, std, batch_size
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> Tensor:
+        scores = []
+        for batch in batches(images, self.batch_size):
+            pixels = clip_pixels(batch, self.image_size, self.mean, self.std)
+            embedding = F.normalize(self.encode_image(pixels).float(), dim=-1)
+            scores.append((embedding @ self.text_embedding.T).squeeze(-1))
+        return torch.cat(scores)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, prompt: str = DEFAULT_PROMPT) -> CLIPScorer:
+        """A CLIP from a local folder: transformers' ``save_pretrained`` layout (``config.json``
+        with ``model_type`` "clip", weights, tokenizer files), or open_clip's
+        (``open_clip_config.json`` + ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``)."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise UserError(f"CLIP model not found: {folder} (give a local folder; nothing is downloaded)")
+        if (folder / "open_clip_config.json").is_file():
+            return cls._from_open_clip(folder, prompt)
+        config = folder / "config.json"
+        if not config.is_file() or json.loads(config.read_text()).get("model_type") != "clip":
+            raise UserError(f"not a CLIP model folder: {folder} (needs transformers' or open_clip's files)")
+        return cls._from_transformers(folder, prompt)
+
+    @classmethod
+    def _from_transformers(cls, folder: Path, prompt: str) -> CLIPScorer:
+        try:
+            from transformers import CLIPModel, CLIPTokenizer
+        except ImportError:
+            raise UserError('the CLIP scorer needs transformers: pip install "catdiff[clip]"') from None
+        try:
+            model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+            tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot load CLIP from {folder}: {error}") from None
+        tokens = tokenizer([prompt], padding="max_length", truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        return cls(
+            _TransformersImageEncoder(model),
+            _features(text),
+            image_size=model.config.vision_config.image_size,
+        )
+
+    @classmethod
+    def _from_open_clip(cls, folder: Path, prompt: str) -> CLIPScorer:
+        try:
+            import open_clip
+        except ImportError as error:
+            raise UserError(f"this CLIP is in open_clip's format; it needs open_clip-torch: {error}") from None
+        config = json.loads((folder / "open_clip_config.json").read_text())
+        weights = next(
+            (
+                folder / n
+                for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+                if (folder / n).is_file()
+            ),
+            None,
+        )
+        if weights is None:
+            raise UserError(f"no open_clip weights in {folder}")
+        model = open_clip.create_model(
+            config.get("model_name", "ViT-B-32"), pretrained=str(weights), load_weights_only=True
+        ).eval()
+        tokenizer = open_clip.get_tokenizer(config.get("model_name", "ViT-B-32"))
+        with torch.inference_mode():
+            text = model.encode_text(tokenizer([prompt]))
+        preprocess = config.get("preprocess_cfg", {})
+        return cls(
+            _OpenCLIPImageEncoder(model),
+            text,
+            image_size=model.visual.image_size[0]
+            if isinstance(model.visual.image_size, tuple)
+            else model.visual.image_size,
+            mean=tuple(preprocess.get("mean", CLIP_MEAN)),
+            std=tuple(preprocess.get("std", CLIP_STD)),
+        )
+
+
+def _features(output: Tensor | object) -> Tensor:
+    """The embedding tensor of a ``get_*_features`` call (a tensor, or a model output holding it)."""
+    return output if isinstance(output, Tensor) else output.pooler_output  # type: ignore[attr-defined]
+
+
+class _TransformersImageEncoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+
+class _OpenCLIPImageEncoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.model.encode_image(pixels)
+
+
+class TypicalityScorer:
+    """Minus the Mahalanobis distance of an image's TAESD features to those of the training
+    images (a Gaussian fit: mean and covariance, shrunk towards its diagonal for stability)."""
+
+    name = "typicality"
+
+    def __init__(self, mean: Tensor, covariance: Tensor, features: nn.Module | None = None) -> None:
+        self.features = features or TAESDFeatures()
+        self.mean, self.covariance = mean.double(), covariance.double()
+        self.precision = torch.linalg.inv(self.covariance)
+
+    @classmethod
+    def fit(cls, images: Tensor, *, shrinkage: float = 0.1, batch_size: int = 64) -> TypicalityScorer:
+        """Fit the feature Gaussian to reference images (float NCHW in [-1, 1])."""
+        features = TAESDFeatures()
+        f = torch.cat([features(batch) for batch in batches(images, batch_size)]).double()
+        covariance = f.T.cov()
+        covariance = (1 - shrinkage) * covariance + shrinkage * torch.diag(covariance.diagonal())
+        return cls(f.mean(0), covariance, features)
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        stats = {"mean": self.mean, "covariance": self.covariance}
+        save_file({k: v.float().contiguous() for k, v in stats.items()}, folder / TYPICALITY_FILE)
+        return folder / TYPICALITY_FILE
+
+    @classmethod
+    def load(cls, folder: Path) -> TypicalityScorer:
+        file = folder / TYPICALITY_FILE
+        if not file.is_file():
+            raise UserError(f"no typicality statistics in {folder} (make them with TypicalityScorer.fit)")
+        stats = load_file(file)
+        return cls(stats["mean"], stats["covariance"])
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> Tensor:
+        f = torch.cat([self.features(batch) for batch in batches(images, 64)]).double() - self.mean
+        return -((f @ self.precision) * f).sum(-1).sqrt().float()
