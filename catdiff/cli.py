@@ -16,6 +16,7 @@ from typing import Any, NoReturn, Sequence
 from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.errors import UserError
+from catdiff.rerank import DEFAULT_PROMPT, SCORERS
 
 log = logging.getLogger("catdiff")
 
@@ -304,6 +305,9 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="the pipeline's default sampler")
     p.add_argument("--steps", type=positive_int, help="the pipeline's default number of steps")
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="the pipeline's default spacing of noise levels")
+    p.add_argument(
+        "--reference-images", type=Path, help="training images: store their statistics for the typicality scorer"
+    )
     p.set_defaults(run=run_export)
 
 
@@ -318,6 +322,12 @@ def run_export(args: argparse.Namespace) -> None:
     chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
     pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
     pipeline.save(args.out, read_config(folder), dtype=torch.float16 if args.fp16 else torch.float32)
+    if args.reference_images is not None:
+        from catdiff.data import ImageFolder, uint8_to_float
+        from catdiff.rerank import TypicalityScorer
+
+        images = ImageFolder(args.reference_images, 64, preload=True).images
+        TypicalityScorer.fit(uint8_to_float(images[:: max(1, len(images) // 2000)])).save(args.out)
     print(f"wrote pipeline {args.out}")
 
 
@@ -394,30 +404,39 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("cats.png"), help="grid PNG to write")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
+    p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
+    p.add_argument("--scorer", choices=SCORERS, default="typicality", help="how --best-of ranks the candidates")
+    p.add_argument("--clip-model", type=Path, help="local CLIP folder (transformers or open_clip) for --scorer clip")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="what the CLIP scorer compares images with")
     p.set_defaults(run=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> None:
     from catdiff.images import save_grid
     from catdiff.pipeline import Pipeline, pipeline_folder
+    from catdiff.rerank import load_scorer
 
     check_writable(args.out)
-    pipeline = Pipeline.from_folder(pipeline_folder(args.model))
+    if args.best_of is not None and args.best_of < args.n:
+        raise UserError(f"--best-of ({args.best_of}) must be at least --n ({args.n})")
+    folder = pipeline_folder(args.model)
+    pipeline = Pipeline.from_folder(folder)
+    scorer = None
+    if args.best_of is not None:
+        scorer = load_scorer(args.scorer, pipeline=folder, clip_model=args.clip_model, prompt=args.prompt)
     if args.compile:
         pipeline.compile()
     steps = args.steps or pipeline.sampling["steps"]
     if steps > pipeline.schedule.T:
         raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {steps}")
     sampler = args.sampler or pipeline.sampling["sampler"]
-    images = pipeline.sample(
-        args.n,
-        steps=steps,
-        sampler=sampler,
-        spacing=args.spacing,
-        seed=args.seed,
-        precision=args.precision,
-        progress=None,
-    )
+    options = {"steps": steps, "sampler": sampler, "spacing": args.spacing, "seed": args.seed}
+    options.update(precision=args.precision, progress=None)
+    if scorer is None:
+        images = pipeline.sample(args.n, **options)
+    else:
+        images, scores = pipeline.best_of(args.best_of, args.n, scorer, **options)
+        print(f"{scorer.name} scores of the best {args.n} of {args.best_of}: " + " ".join(f"{v:.4f}" for v in scores))
     save_grid(images, args.out)
     print(f"wrote {args.n} images ({sampler}, {steps} steps, seed {args.seed}) to {args.out}")
 

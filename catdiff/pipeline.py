@@ -27,6 +27,7 @@ from catdiff.diffusion.samplers import get_sampler
 from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
 from catdiff.errors import UserError
 from catdiff.models import build_model
+from catdiff.rerank import Scorer
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -227,3 +228,13 @@ class Pipeline:
                     x = self.autoencoder.decode(x.float())
                 images.append(x.float().clamp(-1, 1))
         return torch.cat(images)
+
+    def best_of(self, candidates: int, keep: int, scorer: Scorer, **options: Any) -> tuple[Tensor, Tensor]:
+        """Best-of-N: ``candidates`` samples made in one batch and ranked by ``scorer``; returns
+        the best ``keep`` images and their scores, best first. ``options`` go to :meth:`sample`."""
+        if not 1 <= keep <= candidates:
+            raise ValueError(f"keep must be between 1 and the {candidates} candidates, got {keep}")
+        images = self.sample(candidates, batch_size=candidates, **options)
+        scores = scorer(images)
+        order = scores.argsort(descending=True)[:keep]
+        return images[order], scores[order]

@@ -201,7 +201,7 @@ class TypicalityScorer:
     def load(cls, folder: Path) -> TypicalityScorer:
         file = folder / TYPICALITY_FILE
         if not file.is_file():
-            raise UserError(f"no typicality statistics in {folder} (make them with TypicalityScorer.fit)")
+            raise UserError(f"no typicality statistics in {folder} (export it with --reference-images)")
         stats = load_file(file)
         return cls(stats["mean"], stats["covariance"])
 
@@ -209,3 +209,17 @@ class TypicalityScorer:
     def __call__(self, images: Tensor) -> Tensor:
         f = torch.cat([self.features(batch) for batch in batches(images, 64)]).double() - self.mean
         return -((f @ self.precision) * f).sum(-1).sqrt().float()
+
+
+SCORERS = ("typicality", "clip")
+
+
+def load_scorer(kind: str, *, pipeline: Path, clip_model: Path | None = None, prompt: str = DEFAULT_PROMPT) -> Scorer:
+    """``"typicality"`` (the statistics stored in a pipeline folder) or ``"clip"`` (a local CLIP)."""
+    if kind == "typicality":
+        return TypicalityScorer.load(pipeline)
+    if kind == "clip":
+        if clip_model is None:
+            raise UserError("the clip scorer needs --clip-model PATH (a local CLIP folder; nothing is downloaded)")
+        return CLIPScorer.from_pretrained(clip_model, prompt)
+    raise UserError(f"unknown scorer {kind!r}; choose one of {', '.join(SCORERS)}")

@@ -13,14 +13,21 @@ from PIL import Image
 
 from catdiff.checkpoints import read_weights
 from catdiff.pipeline import Pipeline
+from catdiff.rerank import TypicalityScorer
 from synthetic import make_image_folder
 from test_cli import assert_one_line_error, catdiff, model_folder  # noqa: F401  (fixture)
+from test_rerank import save_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def pipeline_dir(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    out = tmp_path_factory.mktemp("pipelines") / "tiny"
-    result = catdiff("export", str(model_folder), "--out", str(out), "--fp16", "--sampler", "ddpm", "--steps", "7")
+    root = tmp_path_factory.mktemp("pipelines")
+    reference = make_image_folder(root / "reference", n=24, size=8)
+    out = root / "tiny"
+    result = catdiff(
+        "export", str(model_folder), "--out", str(out), "--fp16", "--sampler", "ddpm", "--steps", "7",
+        "--reference-images", str(reference),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
 
@@ -116,3 +123,34 @@ def test_compiled_pipeline_gives_the_same_images(pipeline_dir: Path) -> None:
     eager = pipeline.sample(2, steps=3, seed=1)
     compiled = pipeline.compile().sample(2, steps=3, seed=1)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def scores_printed(stdout: str) -> list[float]:
+    line = next(line for line in stdout.splitlines() if "scores of the best" in line)
+    return [float(v) for v in line.split(":")[1].split()]
+
+
+def test_generate_best_of_keeps_the_best_candidates_by_typicality(pipeline_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "best.png"
+    result = catdiff("generate", "--model", str(pipeline_dir), "--n", "2", "--best-of", "5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    scores = scores_printed(result.stdout)
+    assert len(scores) == 2 and scores[0] >= scores[1]
+    assert np.array(Image.open(out)).shape == (8 + 2 * 2, 2 * 8 + 3 * 2, 3)  # one row of two
+    pipeline = Pipeline.from_folder(pipeline_dir)
+    candidates = pipeline.sample(5, steps=7, sampler="ddpm", seed=0, batch_size=5)
+    all_scores = TypicalityScorer.load(pipeline_dir)(candidates)
+    assert scores == pytest.approx(all_scores.sort(descending=True).values[:2].tolist(), abs=1e-4)
+    assert_one_line_error(
+        catdiff("generate", "--model", str(pipeline_dir), "--n", "3", "--best-of", "2", "--out", str(out)), "--best-of"
+    )
+
+
+def test_generate_best_of_with_a_local_clip(pipeline_dir: Path, tmp_path: Path) -> None:
+    clip = save_tiny_clip(tmp_path / "clip")
+    args = ["generate", "--model", str(pipeline_dir), "--n", "1", "--best-of", "3", "--out", str(tmp_path / "c.png")]
+    result = catdiff(*args, "--scorer", "clip", "--clip-model", str(clip), "--prompt", "a cat")
+    assert result.returncode == 0, result.stderr
+    assert len(scores_printed(result.stdout)) == 1
+    assert_one_line_error(catdiff(*args, "--scorer", "clip"), "--clip-model")
+    assert_one_line_error(catdiff(*args, "--scorer", "clip", "--clip-model", str(tmp_path / "nope")), "not found")
