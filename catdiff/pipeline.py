@@ -194,16 +194,7 @@ class Pipeline:
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        sample_fn = get_sampler(sampler)
-        sigmas = self.sigmas(steps, spacing).to(self.device)
         generator = torch.Generator().manual_seed(seed)
-        denoise = Denoiser(
-            self.network,
-            self.schedule,
-            self.prediction,
-            clip_x0=self.clip_x0,
-            dynamic_percentile=self.dynamic_percentile,
-        )
         images = []
         with tqdm(
             total=n * steps,
@@ -214,20 +205,48 @@ class Pipeline:
         ) as bar:
 
             def on_step(*args: Any, **kwargs: Any) -> None:
-                bar.update(len(batch))
+                bar.update(len(noise))
                 if callback is not None:
                     callback(*args, **kwargs)
 
             for start in range(0, n, batch_size):
-                batch = range(start, min(n, start + batch_size))
-                noise = torch.randn(len(batch), *self.sample_shape, generator=generator).to(self.device)
-                x = noise * (1 + sigmas[0] ** 2).sqrt().float()
-                with autocast(self.device, precision):
-                    x = sample_fn(denoise, x, sigmas, generator=generator, callback=on_step, **sampler_options)
-                if self.autoencoder is not None:
-                    x = self.autoencoder.decode(x.float())
-                images.append(x.float().clamp(-1, 1))
+                noise = torch.randn(min(batch_size, n - start), *self.sample_shape, generator=generator)
+                options = {"steps": steps, "sampler": sampler, "spacing": spacing, "precision": precision}
+                images.append(
+                    self.sample_from_noise(noise, generator=generator, callback=on_step, **options, **sampler_options)
+                )
         return torch.cat(images)
+
+    @torch.inference_mode()
+    def sample_from_noise(
+        self,
+        noise: Tensor,
+        *,
+        steps: int = 50,
+        sampler: str = "ddim",
+        spacing: SigmaSpacing | None = None,
+        generator: torch.Generator | None = None,
+        precision: Precision = "fp32",
+        callback: Callable[..., None] | None = None,
+        **sampler_options: Any,
+    ) -> Tensor:
+        """One batch of images from given unit-variance start noise (``[B, *sample_shape]``):
+        what :meth:`sample` runs per batch, and what a server runs on requests pooled together."""
+        sample_fn = get_sampler(sampler)
+        sigmas = self.sigmas(steps, spacing).to(self.device)
+        denoise = Denoiser(
+            self.network,
+            self.schedule,
+            self.prediction,
+            clip_x0=self.clip_x0,
+            dynamic_percentile=self.dynamic_percentile,
+        )
+        x = noise.to(self.device) * (1 + sigmas[0] ** 2).sqrt().float()
+        with autocast(self.device, precision):
+            x = sample_fn(denoise, x, sigmas, generator=generator, callback=callback, **sampler_options)
+        if self.autoencoder is not None:
+            x = self.autoencoder.decode(x.float())
+        return x.float().clamp(-1, 1)
 
     def best_of(self, candidates: int, keep: int, scorer: Scorer, **options: Any) -> tuple[Tensor, Tensor]:
         """Best-of-N: ``candidates`` samples made in one batch and ranked by ``scorer``; returns

@@ -12,9 +12,16 @@ Other test files use ``from conftest import require_shared, SHARED_DIR`` or the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+from synthetic import TINY_UNET, make_image_folder
+
+from catdiff.checkpoints import write_model_folder
+from catdiff.models import build_model, model_config
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -35,3 +42,45 @@ def require_shared(path: str | os.PathLike = "") -> Path:
 def shared_dir() -> Path:
     """The ``../shared`` folder (skip, or fail under CATDIFF_REQUIRE_SHARED=1, if absent)."""
     return require_shared()
+
+
+def catdiff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the command line in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "catdiff", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    network = build_model(TINY_UNET)
+    config = {
+        "model": model_config(network),
+        "diffusion": {
+            "schedule": {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+            "prediction": "eps",
+        },
+        "sample_shape": [3, 8, 8],
+    }
+    return write_model_folder(tmp_path_factory.mktemp("models") / "tiny", config, network.state_dict())
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipelines")
+    reference = make_image_folder(root / "reference", n=24, size=8)
+    out = root / "tiny"
+    result = catdiff(
+        "export", str(model_folder), "--out", str(out), "--fp16", "--sampler", "ddpm", "--steps", "7",
+        "--reference-images", str(reference),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out

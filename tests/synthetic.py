@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
 # A general U-Net small enough for tests to train in seconds (16x16 RGB images).
 TINY_UNET = {
     "type": "unet",

@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, catdiff
+from synthetic import make_messy_folder
 
-from catdiff.checkpoints import write_model_folder
-from catdiff.models import build_model, model_config
 from catdiff.pipeline import Pipeline
-from synthetic import TINY_UNET, make_messy_folder
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    network = build_model(TINY_UNET)
-    config = {
-        "model": model_config(network),
-        "diffusion": {
-            "schedule": {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02},
-            "prediction": "eps",
-        },
-        "sample_shape": [3, 8, 8],
-    }
-    return write_model_folder(tmp_path_factory.mktemp("models") / "tiny", config, network.state_dict())
-
-
-def catdiff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "catdiff", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import require_shared
 from PIL import Image
+from synthetic import make_messy_folder, noise_image
 
 from catdiff.data import ImageFolder, find_images, random_hflip
 from catdiff.errors import UserError
-from synthetic import noise_image, make_messy_folder
 
 S = 16
 

@@ -9,31 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, catdiff
 from PIL import Image
+from synthetic import make_image_folder
+from test_rerank import save_tiny_clip
 
 from catdiff.checkpoints import read_weights
 from catdiff.pipeline import Pipeline
 from catdiff.rerank import TypicalityScorer
-from synthetic import make_image_folder
-from test_cli import assert_one_line_error, catdiff, model_folder  # noqa: F401  (fixture)
-from test_rerank import save_tiny_clip
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    root = tmp_path_factory.mktemp("pipelines")
-    reference = make_image_folder(root / "reference", n=24, size=8)
-    out = root / "tiny"
-    result = catdiff(
-        "export", str(model_folder), "--out", str(out), "--fp16", "--sampler", "ddpm", "--steps", "7",
-        "--reference-images", str(reference),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
-    model_folder: Path,  # noqa: F811
+    model_folder: Path,
     pipeline_dir: Path,
 ) -> None:
     weights = read_weights(pipeline_dir / "unet")
@@ -72,7 +59,7 @@ def test_bad_generate_options(pipeline_dir: Path, tmp_path: Path, flags: list[st
     assert not out.exists()
 
 
-def test_generate_refuses_a_model_that_is_not_a_pipeline_folder(model_folder: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_generate_refuses_a_model_that_is_not_a_pipeline_folder(model_folder: Path, tmp_path: Path) -> None:
     for model in (model_folder, tmp_path / "missing"):
         assert_one_line_error(
             catdiff("generate", "--model", str(model), "--out", str(tmp_path / "x.png")), "not a pipeline folder"

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from synthetic import make_image_folder
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
 from catdiff.latent_cache import LatentCache, shard_path
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
 from catdiff.pipeline import Pipeline
-from synthetic import make_image_folder
 
 SHARDS = 20
 

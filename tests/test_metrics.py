@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, catdiff
+from synthetic import make_image_folder
 from torch import nn
 
-from catdiff.metrics import TAESDFeatures, evaluate, feature_distances, memorisation, nearest_distances
 from catdiff.images import to_pil
-from synthetic import make_image_folder
-from test_cli import assert_one_line_error, catdiff
+from catdiff.metrics import TAESDFeatures, evaluate, feature_distances, memorisation, nearest_distances
 
 
 class TinyFeatures(nn.Module):

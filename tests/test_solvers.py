@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
+from test_samplers import DIFFUSERS_PREDICTION, T, ToyNet, _start_noise
 
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.samplers import SAMPLERS, get_sampler
 from catdiff.diffusion.schedule import NoiseSchedule, exponential_sigmas, karras_sigmas
-from test_samplers import DIFFUSERS_PREDICTION, T, ToyNet, _start_noise
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler  # noqa: E402

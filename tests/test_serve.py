@@ -1,0 +1,220 @@
+"""The web app: API, micro-batching under load, bad input (hypothesis), and a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from catdiff.images import to_pil
+from catdiff.pipeline import Pipeline
+from catdiff.serve import create_app
+from catdiff.serve.batcher import MicroBatcher, QueueFull
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def client(pipeline_dir: Path) -> TestClient:
+    return TestClient(create_app(pipeline_dir, window_s=0.01))
+
+
+def png(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def test_page_and_assets_are_served_with_no_outside_links(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="generate"' in page.text
+    for asset in re.findall(r'(?:src|href)="([^"]+)"', page.text):
+        assert asset.startswith("/"), f"{asset} is not served by the app"
+        assert client.get(asset).status_code == 200, asset
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    assert "/api/generate" in client.get("/openapi.json").json()["paths"]
+
+
+def test_generate_returns_the_candidates_best_first_with_their_scores(client: TestClient) -> None:
+    result = client.post("/api/generate", json={"seed": 3, "steps": 4, "n": 3})
+    assert result.status_code == 200, result.text
+    body = result.json()
+    assert body["seed"] == 3 and body["steps"] == 4 and body["scorer"] == "typicality"
+    assert len(body["candidates"]) == 3 and body["scores"] == sorted(body["scores"], reverse=True)
+    assert body["image"] == body["candidates"][0]["image"]
+    assert png(body["image"]).size == (8, 8)
+    again = client.post("/api/generate", json={"seed": 3, "steps": 4, "n": 3}).json()
+    assert again["image"] == body["image"]
+    random_seed = client.post("/api/generate", json={"steps": 2}).json()["seed"]
+    assert 0 <= random_seed < 2**32
+
+
+def test_a_request_gives_what_the_library_gives_for_its_seed(client: TestClient, pipeline_dir: Path) -> None:
+    body = client.post("/api/generate", json={"seed": 5, "steps": 4, "sampler": "ddim"}).json()
+    expected = Pipeline.from_folder(pipeline_dir).sample(1, steps=4, sampler="ddim", seed=5)
+    assert png(body["image"]).tobytes() == to_pil(expected)[0].tobytes()
+
+
+def test_jobs_report_progress_and_the_result(client: TestClient) -> None:
+    job = client.post("/api/jobs", json={"seed": 1, "steps": 5}).json()
+    assert job["status"] in ("queued", "running", "done") and job["steps"] == 5
+    for _ in range(200):
+        job = client.get(f"/api/jobs/{job['id']}").json()
+        if job["status"] == "done":
+            break
+        time.sleep(0.02)
+    assert job["status"] == "done" and job["steps_done"] == 5 and job["result"]["seed"] == 1
+    assert client.get("/api/jobs/999999").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"n": 17}, "n"),
+        ({"n": 0}, "n"),
+        ({"steps": 201}, "steps"),
+        ({"steps": 0}, "steps"),
+        ({"seed": -1}, "seed"),
+        ({"sampler": "warp-drive"}, "sampler"),
+        ({"colour": "ginger"}, "colour"),
+        ({"steps": "many"}, "steps"),
+    ],
+)
+def test_out_of_range_input_is_a_422_that_names_the_field(client: TestClient, body: dict, field: str) -> None:
+    result = client.post("/api/generate", json=body)
+    assert result.status_code == 422
+    assert field in str(result.json()["detail"])
+
+
+def test_a_full_queue_answers_503_with_retry_after(pipeline_dir: Path) -> None:
+    client = TestClient(create_app(pipeline_dir, max_pending=2))
+    result = client.post("/api/generate", json={"n": 3, "steps": 2})
+    assert result.status_code == 503 and result.headers["retry-after"] == "1"
+
+
+def test_batcher_refuses_work_beyond_its_bound_and_pools_jobs_with_the_same_key() -> None:
+    release = threading.Event()
+    seen: list[list[int]] = []
+
+    def run(jobs):
+        release.wait(5)
+        seen.append([job.params["i"] for job in jobs])
+        return [job.params["i"] for job in jobs]
+
+    batcher = MicroBatcher(run, max_batch_images=8, max_pending=6, window_s=0.05)
+    first = batcher.submit("a", 2, {"i": 0})
+    time.sleep(0.1)  # the worker now holds job 0
+    later = [batcher.submit("a", 1, {"i": i}) for i in (1, 2)] + [batcher.submit("b", 1, {"i": 3})]
+    with pytest.raises(QueueFull):
+        batcher.submit("a", 2, {"i": 4})  # 2 + 3 waiting + 2 > 6
+    release.set()
+    assert [job.future.result(5) for job in (first, *later)] == [0, 1, 2, 3]
+    assert seen == [[0], [1, 2], [3]]
+    assert batcher.metrics.rejected == 1 and batcher.metrics.as_dict()["largest_batch"] == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(pipeline_dir: Path):
+    """The app on a real socket, in a thread of this process."""
+    port = free_port()
+    app = create_app(pipeline_dir, window_s=0.05)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if instance.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    instance.should_exit = True
+    thread.join(10)
+
+
+def test_32_concurrent_requests_all_complete_in_shared_batches(server) -> None:
+    url, app = server
+    before = app.state.batcher.metrics.as_dict()
+
+    async def load() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            requests = [http.post("/api/generate", json={"seed": i, "steps": 8, "sampler": "ddim"}) for i in range(32)]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(load())
+    assert [r.status_code for r in responses] == [200] * 32
+    assert sorted(r.json()["seed"] for r in responses) == list(range(32))
+    after = httpx.get(f"{url}/api/metrics").json()
+    assert after["jobs"] - before["jobs"] == 32 and after["rejected"] == before["rejected"]
+    assert after["largest_batch"] > 1
+    assert max(r.json()["batched_with"] for r in responses) > 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.dictionaries(
+            st.sampled_from(["seed", "steps", "sampler", "n", "x"]),
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(-(2**70), 2**70),
+                st.floats(allow_nan=True),
+                st.text(max_size=8),
+                st.lists(st.integers(), max_size=2),
+            ),
+        ),
+        st.lists(st.integers(), max_size=3),
+        st.text(max_size=10),
+    )
+)
+def test_no_input_makes_a_500(client: TestClient, body) -> None:
+    if isinstance(body, dict) and isinstance(body.get("steps"), int) and 0 < body["steps"] <= 200:
+        body["steps"] = min(body["steps"], 3)  # keep the valid ones quick
+    result = client.post("/api/generate", json=body)
+    assert result.status_code in (200, 422), result.text
+
+
+def test_the_page_makes_a_new_cat_in_a_real_browser(server, tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} not found: apt-get install chromium"
+        if os.environ.get("CATDIFF_REQUIRE_SHARED") == "1":
+            pytest.fail(f"{message} (CATDIFF_REQUIRE_SHARED=1)", pytrace=False)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        page.fill("#steps", "6")
+        page.fill("#n", "3")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('result').src.startsWith('data:image/png')", timeout=60_000)
+        first = page.get_attribute("#result", "src")
+        assert page.locator("#candidates figure").count() == 3
+        page.click("#generate")  # no seed: a new random one, so a new image
+        page.wait_for_function(f"document.getElementById('result').src !== {first!r}", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 0
