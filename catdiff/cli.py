@@ -343,15 +343,21 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model", type=Path, help="pipeline folder, run folder (newest checkpoint), checkpoint or model folder"
     )
-    p.add_argument("--n", type=positive_int, default=16, help="number of images")
-    p.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim")
-    p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
+    add_sampling_options(p, steps=50, sampler="ddim")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="grid PNG to write")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.set_defaults(run=run_sample)
+
+
+def add_sampling_options(p: argparse.ArgumentParser, *, steps: int | None, sampler: str | None) -> None:
+    """``--n --seed --steps --sampler --spacing --precision``; None defaults mean "the model's"."""
+    default = " (default: the model's)"
+    p.add_argument("--n", type=positive_int, default=16, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
+    p.add_argument("--steps", type=positive_int, default=steps, help="sampler steps" + ("" if steps else default))
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=sampler, help="" if sampler else default)
+    p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps" + default)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
 
 
 def check_writable(path: Path) -> None:
@@ -396,13 +402,8 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         description="Make a PNG grid of new images from a pipeline folder; by default the bundled cat model.",
     )
     p.add_argument("--model", default="cats", help="a bundled model's name or a pipeline folder (default: cats)")
-    p.add_argument("--n", type=positive_int, default=16, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
-    p.add_argument("--steps", type=positive_int, help="sampler steps (default: the model's)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's")
-    p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps (default: the model's)")
+    add_sampling_options(p, steps=None, sampler=None)
     p.add_argument("--out", type=Path, default=Path("cats.png"), help="grid PNG to write")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
     p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
     p.add_argument("--scorer", choices=SCORERS, default="typicality", help="how --best-of ranks the candidates")

@@ -362,51 +362,47 @@ def _dpmpp_multistep(
     return x
 
 
-@register_sampler("dpmpp_2m")
-@torch.no_grad()
-def sample_dpmpp_2m(
-    denoise: DenoiseFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    **cond: Any,
-) -> Tensor:
+def _dpmpp_sampler(name: str, order: int, eta: float, doc: str) -> Sampler:
+    """Register a DPM-Solver++ variant of :func:`_dpmpp_multistep` under ``name``."""
+
+    @torch.no_grad()
+    def sample(
+        denoise: DenoiseFn,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+        **cond: Any,
+    ) -> Tensor:
+        return _dpmpp_multistep(
+            denoise, x, sigmas, order=order, eta=eta, generator=generator, callback=callback, cond=cond
+        )
+
+    sample.__name__ = sample.__qualname__ = f"sample_{name}"
+    sample.__doc__ = doc
+    return register_sampler(name)(sample)
+
+
+sample_dpmpp_2m = _dpmpp_sampler(
+    "dpmpp_2m",
+    2,
+    0.0,
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
     Diffusion Probabilistic Models", Algorithm 2): second-order multistep in data prediction,
-    one network evaluation per step. Deterministic.
-    """
-    return _dpmpp_multistep(denoise, x, sigmas, order=2, eta=0.0, generator=generator, callback=callback, cond=cond)
-
-
-@register_sampler("dpmpp_2m_sde")
-@torch.no_grad()
-def sample_dpmpp_2m_sde(
-    denoise: DenoiseFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    **cond: Any,
-) -> Tensor:
+    one network evaluation per step. Deterministic.""",
+)
+sample_dpmpp_2m_sde = _dpmpp_sampler(
+    "dpmpp_2m_sde",
+    2,
+    1.0,
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, section 5 / appendix): the second-order multistep
-    solver of the reverse SDE in data prediction (midpoint rule); one draw per step."""
-    return _dpmpp_multistep(denoise, x, sigmas, order=2, eta=1.0, generator=generator, callback=callback, cond=cond)
-
-
-@register_sampler("dpmpp_3m")
-@torch.no_grad()
-def sample_dpmpp_3m(
-    denoise: DenoiseFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    **cond: Any,
-) -> Tensor:
+    solver of the reverse SDE in data prediction (midpoint rule); one draw per step.""",
+)
+sample_dpmpp_3m = _dpmpp_sampler(
+    "dpmpp_3m",
+    3,
+    0.0,
     """DPM-Solver++(3M) (Lu et al. 2022): the third-order multistep ODE solver in data
-    prediction, one network evaluation per step. Deterministic."""
-    return _dpmpp_multistep(denoise, x, sigmas, order=3, eta=0.0, generator=generator, callback=callback, cond=cond)
+    prediction, one network evaluation per step. Deterministic.""",
+)
