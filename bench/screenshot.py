@@ -11,7 +11,6 @@ import argparse
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
-
 from serve_batching import start
 
 

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
 from catdiff.checkpoints import (
-    read_format_json,
     load_state_strict,
     read_config,
+    read_format_json,
     read_weights,
     resolve_model_folder,
     write_model_folder,

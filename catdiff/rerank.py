@@ -7,6 +7,11 @@
   features (the bundled TAESD encoder's, :class:`catdiff.metrics.TAESDFeatures`) are of the
   training images: minus the Mahalanobis distance to their Gaussian fit, the per-image term of
   the Fréchet distance.
+- :class:`NeighbourScorer`: needs no external weights either. Minus the mean distance of an
+  image's TAESD latents to its k nearest training images' (the k-NN density estimate of
+  Loftsgaarden & Quesenberry 1965, used as a per-sample realism measure by Kynkäänniemi et al.
+  2019): spatial layout counts, so a face whose eyes sit where real faces have them scores high.
+  It favours samples close to training images, so check memorisation alongside it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from catdiff.errors import UserError
-from catdiff.metrics import TAESDFeatures, batches
+from catdiff.metrics import TAESDFeatures, batches, resize
+from catdiff.models.taesd import TAESD
 
 DEFAULT_PROMPT = "a photo of a cat"
 TYPICALITY_FILE = "typicality.safetensors"
+NEIGHBOURS_FILE = "neighbours.safetensors"
 # CLIP's image normalisation (OpenAI's preprocessing, also open_clip's default)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -211,13 +218,55 @@ class TypicalityScorer:
         return -((f @ self.precision) * f).sum(-1).sqrt().float()
 
 
-SCORERS = ("typicality", "clip")
+@torch.inference_mode()
+def taesd_latents(images: Tensor, taesd: TAESD, size: int) -> Tensor:
+    """Flattened TAESD latents of images (float NCHW in [-1, 1]) resampled to ``size`` pixels."""
+    return torch.cat([taesd.encode((resize(b, size) + 1) / 2) for b in batches(images, 64)]).flatten(1)
+
+
+class NeighbourScorer:
+    """Minus the mean Euclidean distance to the ``k`` nearest reference latents (TAESD, 128 px)."""
+
+    name = "neighbours"
+    SIZE = 128  # images are encoded at this side: 16x16x4 latents
+
+    def __init__(self, references: Tensor, *, k: int = 5, taesd: TAESD | None = None) -> None:
+        self.references = references.flatten(1).float()
+        self.k = min(k, len(self.references))
+        self.taesd = taesd or TAESD.from_pretrained()
+
+    @classmethod
+    def fit(cls, images: Tensor, *, k: int = 5) -> NeighbourScorer:
+        """Keep the latents of reference images (float NCHW in [-1, 1])."""
+        taesd = TAESD.from_pretrained()
+        return cls(taesd_latents(images, taesd, cls.SIZE), k=k, taesd=taesd)
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"references": self.references.half().contiguous()}, folder / NEIGHBOURS_FILE)
+        return folder / NEIGHBOURS_FILE
+
+    @classmethod
+    def load(cls, folder: Path) -> NeighbourScorer:
+        file = folder / NEIGHBOURS_FILE
+        if not file.is_file():
+            raise UserError(f"no reference latents in {folder} (export it with --reference-images)")
+        return cls(load_file(file)["references"])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        distances = torch.cdist(taesd_latents(images, self.taesd, self.SIZE), self.references)
+        return -distances.topk(self.k, dim=1, largest=False).values.mean(1)
+
+
+SCORERS = ("typicality", "neighbours", "clip")
 
 
 def load_scorer(kind: str, *, pipeline: Path, clip_model: Path | None = None, prompt: str = DEFAULT_PROMPT) -> Scorer:
     """``"typicality"`` (the statistics stored in a pipeline folder) or ``"clip"`` (a local CLIP)."""
     if kind == "typicality":
         return TypicalityScorer.load(pipeline)
+    if kind == "neighbours":
+        return NeighbourScorer.load(pipeline)
     if kind == "clip":
         if clip_model is None:
             raise UserError("the clip scorer needs --clip-model PATH (a local CLIP folder; nothing is downloaded)")

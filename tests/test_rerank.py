@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from catdiff.errors import UserError
-from catdiff.rerank import CLIPScorer, TypicalityScorer, clip_pixels
+from catdiff.rerank import CLIPScorer, NeighbourScorer, TypicalityScorer, clip_pixels
 
 transformers = pytest.importorskip("transformers")
 
@@ -90,3 +90,15 @@ def test_typicality_prefers_images_like_the_reference(tmp_path: Path) -> None:
     assert typical.min() > atypical.max()
     again = TypicalityScorer.load(scorer.save(tmp_path).parent)
     torch.testing.assert_close(again(noisy), atypical, rtol=1e-3, atol=1e-3)
+
+
+def test_neighbours_prefer_images_near_the_reference(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(40, 3, 8, 8, generator=g) * 2 - 1, size=128, mode="bilinear")
+    scorer = NeighbourScorer.fit(smooth[:30], k=3)
+    near = (smooth[30:] + 0.05 * torch.randn(10, 3, 128, 128, generator=g)).clamp(-1, 1)
+    far = (torch.rand(10, 3, 128, 128, generator=g) * 2 - 1).clamp(-1, 1)
+    assert scorer(smooth[:5]).min() > scorer(far).max()  # a reference image is its own neighbour
+    assert scorer(near).mean() > scorer(far).mean()
+    again = NeighbourScorer.load(scorer.save(tmp_path).parent)
+    torch.testing.assert_close(again(far), scorer(far), rtol=1e-2, atol=1e-2)
