@@ -15,10 +15,30 @@ import json
 import time
 from pathlib import Path
 
-from catdiff.checkpoints import checkpoint_dirs
+from catdiff.checkpoints import checkpoint_dirs, read_config
 from catdiff.data import ImageFolder, uint8_to_float
 from catdiff.metrics import evaluate
 from catdiff.pipeline import Pipeline
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def images_per_step(config: dict) -> int:
+    return config["train"]["batch_size"] * config["train"]["grad_accum"]
+
+
+def training_seconds(log: list[dict], step: int, images: int) -> float:
+    """Time spent training up to ``step``, from each logged window's throughput (pauses and
+    the gaps between sessions do not count)."""
+    seconds, previous = 0.0, 0
+    for record in log:
+        if record["step"] > step:
+            break
+        seconds += (record["step"] - previous) * images / record["img_per_s"]
+        previous = record["step"]
+    return seconds
 
 
 def main() -> None:
@@ -27,6 +47,7 @@ def main() -> None:
     parser.add_argument("--train", type=Path, required=True)
     parser.add_argument("--heldout", type=Path, required=True)
     parser.add_argument("--every", type=int, default=1, help="evaluate every k-th checkpoint (and the last)")
+    parser.add_argument("--at", type=int, nargs="+", help="evaluate the checkpoints of these steps instead")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="dpmpp_2m")
@@ -38,22 +59,22 @@ def main() -> None:
     train = uint8_to_float(train[:: max(1, -(-len(train) // args.max_train))])
     heldout = uint8_to_float(ImageFolder(args.heldout, 64, preload=True).images)
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
-    start = log[0]["time"]  # wall-clock of the first logged step
     found = checkpoint_dirs(args.run)
     chosen = found[:: args.every] + ([found[-1]] if (len(found) - 1) % args.every else [])
+    if args.at:
+        chosen = [folder for folder in found if step_of(folder) in args.at]
     rows = []
-    print("| step | hours | Fréchet distance (TAESD) | memorised fraction | nearest-train distance ratio |")
+    print("| step | hours of training | Fréchet distance (TAESD) | memorised fraction | nearest-train distance ratio |")
     print("|---|---|---|---|---|")
     for folder in chosen:
-        step = int(folder.name.split("-")[1])
-        logged = min(log, key=lambda r: abs(r["step"] - step))
+        step = step_of(folder)
         pipeline = Pipeline.from_folder(folder)
         began = time.perf_counter()
         samples = pipeline.sample(args.n, steps=args.steps, sampler=args.sampler, seed=0, batch_size=100)
         report = evaluate(samples, train, heldout)
         row = {
             "step": step,
-            "hours": (logged["time"] - start) / 3600,
+            "hours": training_seconds(log, step, images_per_step(read_config(folder))) / 3600,
             "sample_s": time.perf_counter() - began,
             **report,
         }

@@ -36,8 +36,7 @@ def permutation_p_value(scores: torch.Tensor, positive: torch.Tensor, *, trials:
     observed = roc_auc(scores, positive)
     generator = torch.Generator().manual_seed(seed)
     hits = sum(
-        roc_auc(scores, positive[torch.randperm(len(positive), generator=generator)]) >= observed
-        for _ in range(trials)
+        roc_auc(scores, positive[torch.randperm(len(positive), generator=generator)]) >= observed for _ in range(trials)
     )
     return (hits + 1) / (trials + 1)
 

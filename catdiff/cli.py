@@ -201,7 +201,7 @@ def training_data(args: argparse.Namespace, size: int | None) -> tuple[Any, Any,
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from catdiff.train import Trainer, TrainConfig
+    from catdiff.train import TrainConfig, Trainer
 
     options = train_options(args)
     size = options.pop("size", None)
@@ -306,7 +306,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="the pipeline's default number of steps")
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="the pipeline's default spacing of noise levels")
     p.add_argument(
-        "--reference-images", type=Path, help="training images: store their statistics for the typicality scorer"
+        "--reference-images", type=Path, help="training images: store what the typicality and neighbours scorers need"
     )
     p.set_defaults(run=run_export)
 
@@ -324,10 +324,12 @@ def run_export(args: argparse.Namespace) -> None:
     pipeline.save(args.out, read_config(folder), dtype=torch.float16 if args.fp16 else torch.float32)
     if args.reference_images is not None:
         from catdiff.data import ImageFolder, uint8_to_float
-        from catdiff.rerank import TypicalityScorer
+        from catdiff.rerank import NeighbourScorer, TypicalityScorer
 
-        images = ImageFolder(args.reference_images, 64, preload=True).images
-        TypicalityScorer.fit(uint8_to_float(images[:: max(1, len(images) // 2000)])).save(args.out)
+        images = ImageFolder(args.reference_images, NeighbourScorer.SIZE, preload=True).images
+        references = uint8_to_float(images[:: max(1, len(images) // 2000)])
+        TypicalityScorer.fit(references).save(args.out)
+        NeighbourScorer.fit(references).save(args.out)
     print(f"wrote pipeline {args.out}")
 
 
@@ -556,6 +558,9 @@ def build_parser() -> Parser:
     add_generate_parser(commands)
     add_eval_parser(commands)
     add_serve_parser(commands)
+    from catdiff.stable_diffusion import add_txt2img_parser  # here, not above: it imports helpers from this module
+
+    add_txt2img_parser(commands)
     return parser
 
 

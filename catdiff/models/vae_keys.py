@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from catdiff.checkpoints import load_state_strict, read_config, read_weights
+from catdiff.checkpoints import read_config, read_weights
 from catdiff.errors import UserError
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
+from catdiff.state_dicts import assign_weights, read_state_file
 
 __all__ = [
     "COMPVIS_PREFIX",
@@ -55,6 +55,7 @@ __all__ = [
     "infer_config",
     "load_vae",
     "read_vae_state",
+    "vae_from_state",
     "vae_state_from_compvis",
     "vae_state_to_compvis",
 ]
@@ -69,7 +70,6 @@ DIFFUSERS_WEIGHTS = (
     "diffusion_pytorch_model.fp16.safetensors",
     "diffusion_pytorch_model.bin",
 )
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: Training-only entries of standalone CompVis VAE files, dropped on load.
 _IGNORED_PREFIXES = ("loss.",)
 _IGNORED_KEYS = frozenset({"model_ema.decay", "model_ema.num_updates"})
@@ -294,46 +294,6 @@ def infer_config(
 # --- reading files ------------------------------------------------------------------------
 
 
-def _read_safetensors(path: Path, select: Callable[[list[str]], list[str]]) -> dict[str, Tensor]:
-    """The tensors of ``path`` whose keys ``select`` keeps (only those are read from disk)."""
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            keys = select(list(f.keys()))
-            return {k: f.get_tensor(k) for k in keys}
-    except UserError:
-        raise
-    except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise UserError(f"corrupt or unreadable safetensors file {path}: {error}") from None
-
-
-def _read_pickle(path: Path, select: Callable[[list[str]], list[str]]) -> dict[str, Tensor]:
-    """A ``torch.save`` file read with ``weights_only=True`` (no code runs) and memory-mapped."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        raise UserError(
-            f"cannot read {path} as a weights-only torch checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); convert it to .safetensors"
-        ) from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
-        raise UserError(f"{path} does not hold a state dict")
-    keys = select(list(obj))
-    bad = [k for k in keys if not isinstance(obj[k], Tensor)]
-    if bad:
-        raise UserError(f"{path}: entries {bad[:3]} are not tensors")
-    return {k: obj[k] for k in keys}
-
-
-def _read_file(path: Path, select: Callable[[list[str]], list[str]]) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path, select)
-    if path.suffix in PICKLE_SUFFIXES:
-        return _read_pickle(path, select)
-    raise UserError(f"{path}: unknown weights format (expected .safetensors, or {', '.join(PICKLE_SUFFIXES)})")
-
-
 def _select_vae_keys(keys: list[str]) -> list[str]:
     """All keys of a standalone VAE file, or only ``first_stage_model.*`` of a full SD file."""
     if any(k.startswith(COMPVIS_PREFIX) for k in keys):
@@ -361,37 +321,25 @@ def read_vae_state(path: str | Path) -> tuple[dict[str, Tensor], str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
-    state = _read_file(path, _select_vae_keys)
+    state = read_state_file(path, _select_vae_keys)
     prefix = COMPVIS_PREFIX if state and all(k.startswith(COMPVIS_PREFIX) for k in state) else ""
     state = {k[len(prefix) :]: v for k, v in state.items()}
     return _drop_training_state(state, path), prefix
 
 
-def _check_keys(expected: list[str], found: Iterable[str], source: Path, name: Callable[[str], str]) -> None:
-    """Refuse missing or unexpected keys, naming the first ones as the file spells them."""
-    found = list(found)
-    want, have = set(expected), set(found)
-    missing = [name(k) for k in expected if k not in have]
-    unexpected = [name(k) for k in found if k not in want]
-    problems = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            problems.append(f"{what} keys {keys[:3]}{more}")
-    if problems:
-        raise UserError(f"weights in {source} do not fit the VAE: {'; '.join(problems)}")
-
-
 def _build(
-    config: AutoencoderKLConfig, state: dict[str, Tensor], source: Path, name: Callable[[str], str] = lambda k: k
+    config: AutoencoderKLConfig,
+    state: dict[str, Tensor],
+    source: Path,
+    name: Callable[[str], str] = lambda k: k,
+    dtype: torch.dtype = torch.float32,
 ) -> AutoencoderKL:
-    model = AutoencoderKL(config)
-    _check_keys(list(model.state_dict()), state, source, name)
-    load_state_strict(model, state, source)  # shapes (keys were checked above, in the file's naming)
-    return model.eval()
+    with torch.device("meta"):
+        model = AutoencoderKL(config)
+    return assign_weights(model, state, source=source, what="the VAE", name=name, dtype=dtype).eval()
 
 
-def _load_diffusers_folder(folder: Path, config: AutoencoderKLConfig | None) -> AutoencoderKL:
+def _load_diffusers_folder(folder: Path, config: AutoencoderKLConfig | None, dtype: torch.dtype) -> AutoencoderKL:
     config_file = folder / DIFFUSERS_CONFIG
     try:
         raw = json.loads(config_file.read_text())
@@ -403,11 +351,11 @@ def _load_diffusers_folder(folder: Path, config: AutoencoderKLConfig | None) -> 
     if weights is None:
         raise UserError(f"{folder} has no weights file (expected {DIFFUSERS_WEIGHTS[0]})")
     config = config or config_from_diffusers(raw, source=config_file)
-    state = _fix_old_diffusers_attention(_read_file(weights, lambda keys: keys))
-    return _build(config, state, weights)
+    state = _fix_old_diffusers_attention(read_state_file(weights, lambda keys: keys))
+    return _build(config, state, weights, dtype=dtype)
 
 
-def _load_catdiff_folder(folder: Path, config: AutoencoderKLConfig | None) -> AutoencoderKL:
+def _load_catdiff_folder(folder: Path, config: AutoencoderKLConfig | None, dtype: torch.dtype) -> AutoencoderKL:
     fields = read_config(folder)
     fields.pop("format", None)
     kind = fields.pop("type", "autoencoder_kl")
@@ -418,11 +366,13 @@ def _load_catdiff_folder(folder: Path, config: AutoencoderKLConfig | None) -> Au
             config = AutoencoderKLConfig(**fields)
         except (TypeError, ValueError) as error:
             raise UserError(f"{folder / 'config.json'}: unusable AutoencoderKL config: {error}") from None
-    return _build(config, read_weights(folder), folder)
+    return _build(config, read_weights(folder), folder, dtype=dtype)
 
 
-def load_vae(path: str | Path, *, config: AutoencoderKLConfig | None = None) -> AutoencoderKL:
-    """An :class:`AutoencoderKL` (float32, eval mode, CPU) with the weights at ``path``.
+def load_vae(
+    path: str | Path, *, config: AutoencoderKLConfig | None = None, dtype: torch.dtype = torch.float32
+) -> AutoencoderKL:
+    """An :class:`AutoencoderKL` (``dtype``, eval mode, CPU) with the weights at ``path``.
 
     ``path`` may be
       - a diffusers ``vae/`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``),
@@ -450,11 +400,25 @@ def load_vae(path: str | Path, *, config: AutoencoderKLConfig | None = None) -> 
             is_catdiff = json.loads((path / DIFFUSERS_CONFIG).read_text()).get("format", "").startswith("catdiff.")
         except (OSError, ValueError, AttributeError):
             is_catdiff = False
-        return _load_catdiff_folder(path, config) if is_catdiff else _load_diffusers_folder(path, config)
-
+        load_folder = _load_catdiff_folder if is_catdiff else _load_diffusers_folder
+        return load_folder(path, config, dtype)
     state, prefix = read_vae_state(path)
+    return vae_from_state(state, source=path, prefix=prefix, config=config, dtype=dtype)
+
+
+def vae_from_state(
+    state: dict[str, Tensor],
+    *,
+    source: Path,
+    prefix: str = "",
+    config: AutoencoderKLConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> AutoencoderKL:
+    """The VAE of a single file's tensors (CompVis or diffusers names, ``prefix`` already
+    stripped and named again in errors), its shape read from the weights unless ``config`` is given."""
+    state = _drop_training_state(state, source)
     if not state:
-        raise UserError(f"{path} holds no tensors")
+        raise UserError(f"{source} holds no tensors")
     if _is_compvis(state):
         levels = len(config.block_out_channels) if config else _compvis_levels(state)
         ours = vae_state_from_compvis(state, levels=levels)
@@ -463,9 +427,9 @@ def load_vae(path: str | Path, *, config: AutoencoderKLConfig | None = None) -> 
             for key in state:
                 landed.setdefault(_key_from_compvis(key, levels), []).append(prefix + key)
             clash = next(keys for keys in landed.values() if len(keys) > 1)
-            raise UserError(f"weights in {path} do not fit the VAE: keys {clash} name the same tensor")
-        config = config or infer_config(ours, source=path)
-        return _build(config, ours, path, name=lambda k: prefix + _key_to_compvis(k, levels))
+            raise UserError(f"weights in {source} do not fit the VAE: keys {clash} name the same tensor")
+        config = config or infer_config(ours, source=source)
+        return _build(config, ours, source, name=lambda k: prefix + _key_to_compvis(k, levels), dtype=dtype)
     state = _fix_old_diffusers_attention(state)
-    config = config or infer_config(state, source=path)
-    return _build(config, state, path, name=lambda k: prefix + k)
+    config = config or infer_config(state, source=source)
+    return _build(config, state, source, name=lambda k: prefix + k, dtype=dtype)
