@@ -1,6 +1,6 @@
 """Run the performance benchmarks and write docs/PERFORMANCE.md.
 
-    python bench/performance.py [--train data/split/train] [--out docs/PERFORMANCE.md]
+    python bench/performance.py [--out docs/PERFORMANCE.md]
 
 Each section is one script of bench/, run in its own process; the page records each command,
 so any row can be repeated alone.
@@ -18,10 +18,8 @@ from pathlib import Path
 import torch
 
 
-def sections(train: Path | None) -> list[tuple[str, list[str]]]:
+def sections() -> list[tuple[str, list[str]]]:
     quality = ["bench/steps_to_quality.py", "--model", "cats", "--n", "32", "--steps", "5", "10", "15", "20", "50"]
-    if train is not None:
-        quality += ["--train", str(train)]
     return [
         (
             "(a) Denoiser: ours against diffusers' UNet2DModel of the same architecture",
@@ -42,16 +40,15 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, help="training images, for the Fréchet distances of (d)")
     parser.add_argument("--out", type=Path, default=Path("docs/PERFORMANCE.md"))
     args = parser.parse_args()
     began = time.perf_counter()
     parts = [
         "# Performance\n",
-        f"Written by `python bench/performance.py{' --train ' + str(args.train) if args.train else ''}` on"
+        "Written by `python bench/performance.py` on"
         f" {cpu_name()}, {torch.get_num_threads()} threads, no GPU; PyTorch {torch.__version__}.\n",
     ]
-    for title, command in sections(args.train):
+    for title, command in sections():
         result = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=True)
         parts += [f"## {title}\n", f"```bash\npython {' '.join(command)}\n```\n", result.stdout.strip() + "\n"]
         print(f"{title}: done", file=sys.stderr, flush=True)

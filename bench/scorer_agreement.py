@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--sampler", help="default: the model's")
     parser.add_argument("--out", type=Path, help="grid: where to write the PNG")
     parser.add_argument("--labels", type=Path, help="auc: JSON list of the indices a person picked as good")
-    parser.add_argument("--scorers", nargs="+", default=["typicality", "neighbours"], choices=SCORERS)
+    parser.add_argument("--scorers", nargs="+", default=["eigen", "typicality", "neighbours"], choices=SCORERS)
     parser.add_argument("--clip-model", type=Path)
     args = parser.parse_args()
 

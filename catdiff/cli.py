@@ -108,12 +108,14 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         description="Train a diffusion model on a folder of images or a latent cache.",
     )
     p.add_argument(
-        "data", type=Path, help="folder of images (searched recursively), or a latent cache from `catdiff encode`"
+        "data",
+        type=Path,
+        help="folder of images (searched recursively), digits folder (MNIST IDX files), or latent cache (`catdiff encode`)",
     )
     add_training_options(p)
     p.add_argument("--autoencoder", help="with a latent cache: refuse it unless it was made with this autoencoder")
     p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
-    p.add_argument("--model", choices=("unet", "seed_unet"), help="denoiser architecture (default unet)")
+    p.add_argument("--model", choices=("unet", "seed_unet", "class_unet"), help="denoiser architecture (default unet)")
     p.add_argument("--channels", type=positive_int, help="base channel width of the denoiser")
     p.add_argument("--channel-mult", type=int_list, help="unet channel multipliers, e.g. 1,2,2")
     p.add_argument(
@@ -132,7 +134,9 @@ def add_train_autoencoder_parser(commands: argparse._SubParsersAction) -> None:
         help="train a small AutoencoderKL on a folder of images",
         description="Train a KL autoencoder (reconstruction + KL) whose latents a diffusion model can then learn.",
     )
-    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    p.add_argument(
+        "data", type=Path, help="folder of images (searched recursively), or digits folder (MNIST IDX files)"
+    )
     add_training_options(p)
     p.add_argument("--size", type=positive_int, help="train at this resolution (resize + center crop); default 32")
     p.add_argument(
@@ -172,15 +176,23 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def training_data(args: argparse.Namespace, size: int | None) -> tuple[Any, Any, dict[str, Any], dict[str, Any] | None]:
-    """(data, mirrored, data_info, autoencoder record) from an image folder or a latent cache."""
+def training_data(
+    args: argparse.Namespace, size: int | None
+) -> tuple[Any, Any, Any, dict[str, Any], dict[str, Any] | None]:
+    """(data, mirrored, labels, data_info, autoencoder record) from an image folder, a digits
+    folder or a latent cache."""
     from catdiff.data import ImageFolder
     from catdiff.latent_cache import LatentCache, check_compatible, is_latent_cache
+    from catdiff.mnist import Digits, is_digits_folder
 
+    if is_digits_folder(args.data):
+        digits = Digits.from_folder(args.data)
+        info = {"path": str(args.data), "size": digits.images.shape[-1], "count": len(digits)}
+        return digits.images, None, digits.labels, info, None
     if not is_latent_cache(args.data):
         dataset = ImageFolder(args.data, size or 32, preload=True)
         info = {"path": str(args.data), "size": dataset.size, "count": len(dataset)}
-        return dataset.images, None, info, None
+        return dataset.images, None, None, info, None
     cache = LatentCache.open(args.data)
     manifest = cache.manifest
     if args.autoencoder is not None:
@@ -197,7 +209,7 @@ def training_data(args: argparse.Namespace, size: int | None) -> tuple[Any, Any,
         "count": manifest["count"],
     }
     record = {**manifest["autoencoder"], "source": manifest["autoencoder_source"]}
-    return cache.latents, cache.flipped, info, record
+    return cache.latents, cache.flipped, cache.labels, info, record
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -208,11 +220,11 @@ def run_train(args: argparse.Namespace) -> None:
     run_dir: Path = args.out
     if not args.resume and any(run_dir.glob("checkpoints/step-*")):
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue or choose another --out")
-    data, mirrored, info, autoencoder = training_data(args, size)
+    data, mirrored, labels, info, autoencoder = training_data(args, size)
     options["model"].setdefault("in_channels", data.shape[1])
     options["model"].setdefault("out_channels", data.shape[1])
     config = TrainConfig.from_dict(options)
-    trainer = Trainer(config, data, run_dir, data_info=info, mirrored=mirrored, autoencoder=autoencoder)
+    trainer = Trainer(config, data, run_dir, data_info=info, mirrored=mirrored, labels=labels, autoencoder=autoencoder)
     if args.resume and not trainer.resume():
         log.info("no checkpoint in %s; starting from scratch", run_dir)
     final = trainer.fit()
@@ -229,7 +241,9 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
         help="encode an image folder into a latent cache",
         description="Encode a folder of images once into sharded latents for training (resumable).",
     )
-    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    p.add_argument(
+        "data", type=Path, help="folder of images (searched recursively), or digits folder (MNIST IDX files)"
+    )
     p.add_argument("--out", type=Path, required=True, help="latent cache folder")
     p.add_argument(
         "--autoencoder",
@@ -247,18 +261,23 @@ def run_encode(args: argparse.Namespace) -> None:
     from catdiff.autoencoders import load_autoencoder
     from catdiff.data import ImageFolder
     from catdiff.latent_cache import encode_folder
+    from catdiff.mnist import Digits, is_digits_folder
 
     autoencoder = load_autoencoder(args.autoencoder)
-    if args.size % autoencoder.downsampling_factor:
+    digits = is_digits_folder(args.data)
+    if digits:
+        dataset = Digits.from_folder(args.data)  # at their own 32 px, never mirrored: a mirrored 7 is no 7
+    elif args.size % autoencoder.downsampling_factor:
         raise UserError(f"--size must be a multiple of {autoencoder.downsampling_factor} for this autoencoder")
-    dataset = ImageFolder(args.data, args.size)
+    else:
+        dataset = ImageFolder(args.data, args.size)
     out = encode_folder(
         dataset,
         autoencoder.encode,
         args.out,
         autoencoder=autoencoder.descriptor(),
         source=str(args.autoencoder),
-        flip=not args.no_flip,
+        flip=not (args.no_flip or digits),
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         progress=None,
@@ -273,9 +292,14 @@ def add_split_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "split",
         help="split an image folder into train/ and heldout/",
-        description="Split an image folder into OUT/train and OUT/heldout (symbolic links, nothing copied).",
+        description=(
+            "Split an image folder into OUT/train and OUT/heldout (symbolic links, nothing copied),"
+            " or a digits folder into two digits folders."
+        ),
     )
-    p.add_argument("data", type=Path, help="folder of images (searched recursively)")
+    p.add_argument(
+        "data", type=Path, help="folder of images (searched recursively), or digits folder (MNIST IDX files)"
+    )
     p.add_argument("--out", type=Path, required=True, help="folder to hold train/ and heldout/")
     p.add_argument("--heldout", type=positive_int, required=True, help="number of images to hold out")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw")
@@ -284,8 +308,10 @@ def add_split_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_split(args: argparse.Namespace) -> None:
     from catdiff.data import split_folder
+    from catdiff.mnist import is_digits_folder, split_digits
 
-    train, heldout = split_folder(args.data, args.out, heldout=args.heldout, seed=args.seed)
+    split = split_digits if is_digits_folder(args.data) else split_folder
+    train, heldout = split(args.data, args.out, heldout=args.heldout, seed=args.seed)
     print(f"wrote {train} and {heldout} ({args.heldout} held out)")
 
 
@@ -305,8 +331,11 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="the pipeline's default sampler")
     p.add_argument("--steps", type=positive_int, help="the pipeline's default number of steps")
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="the pipeline's default spacing of noise levels")
+    p.add_argument("--guidance", type=float, help="a class-conditional pipeline's default guidance scale")
     p.add_argument(
-        "--reference-images", type=Path, help="training images: store what the typicality and neighbours scorers need"
+        "--reference-images",
+        type=Path,
+        help="training images: store what the eigen, typicality and neighbours scorers need",
     )
     p.set_defaults(run=run_export)
 
@@ -319,17 +348,19 @@ def run_export(args: argparse.Namespace) -> None:
 
     folder = resolve_model_folder(args.model)
     pipeline = Pipeline.from_folder(folder, ema=not args.no_ema)
-    chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
+    if args.guidance is not None:
+        pipeline.check_condition(torch.zeros(1, dtype=torch.long), args.guidance)
+    chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "guidance": args.guidance}
     pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
     pipeline.save(args.out, read_config(folder), dtype=torch.float16 if args.fp16 else torch.float32)
     if args.reference_images is not None:
         from catdiff.data import ImageFolder, uint8_to_float
-        from catdiff.rerank import NeighbourScorer, TypicalityScorer
+        from catdiff.rerank import EigenScorer, NeighbourScorer, TypicalityScorer
 
         images = ImageFolder(args.reference_images, NeighbourScorer.SIZE, preload=True).images
         references = uint8_to_float(images[:: max(1, len(images) // 2000)])
-        TypicalityScorer.fit(references).save(args.out)
-        NeighbourScorer.fit(references).save(args.out)
+        for scorer in (TypicalityScorer, NeighbourScorer, EigenScorer):
+            scorer.fit(references).save(args.out)
     print(f"wrote pipeline {args.out}")
 
 
@@ -360,6 +391,19 @@ def add_sampling_options(p: argparse.ArgumentParser, *, steps: int | None, sampl
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=sampler, help="" if sampler else default)
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps" + default)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
+    p.add_argument("--class", dest="label", type=int, help="class-conditional models: the class of every image")
+    p.add_argument("--guidance", type=float, help="class-conditional models: classifier-free guidance scale" + default)
+
+
+def condition_options(args: argparse.Namespace, pipeline: Any, n: int) -> dict[str, Any]:
+    """``labels`` and ``guidance`` for ``Pipeline.sample``: ``--class`` for all ``n`` images or, on a
+    class-conditional model without it, the classes in turn; the model's guidance by default."""
+    if pipeline.num_classes is None:
+        if args.label is not None or args.guidance is not None:
+            raise UserError("--class and --guidance need a class-conditional model; this one is unconditional")
+        return {}
+    labels = [args.label] if args.label is not None else [i % pipeline.num_classes for i in range(n)]
+    return {"labels": labels, "guidance": pipeline.guidance if args.guidance is None else args.guidance}
 
 
 def check_writable(path: Path) -> None:
@@ -389,6 +433,7 @@ def run_sample(args: argparse.Namespace) -> None:
         seed=args.seed,
         precision=args.precision,
         progress=None,
+        **condition_options(args, pipeline, args.n),
     )
     save_grid(images, args.out)
     print(f"wrote {args.n} images to {args.out}")
@@ -408,7 +453,7 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("cats.png"), help="grid PNG to write")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
     p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
-    p.add_argument("--scorer", choices=SCORERS, default="typicality", help="how --best-of ranks the candidates")
+    p.add_argument("--scorer", choices=SCORERS, default="eigen", help="how --best-of ranks the candidates")
     p.add_argument("--clip-model", type=Path, help="local CLIP folder (transformers or open_clip) for --scorer clip")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="what the CLIP scorer compares images with")
     p.set_defaults(run=run_generate)
@@ -434,7 +479,7 @@ def run_generate(args: argparse.Namespace) -> None:
         raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {steps}")
     sampler = args.sampler or pipeline.sampling["sampler"]
     options = {"steps": steps, "sampler": sampler, "spacing": args.spacing, "seed": args.seed}
-    options.update(precision=args.precision, progress=None)
+    options.update(precision=args.precision, progress=None, **condition_options(args, pipeline, args.best_of or args.n))
     if scorer is None:
         images = pipeline.sample(args.n, **options)
     else:

@@ -2,7 +2,7 @@
 
 A cache folder holds ``cache.json`` (what was encoded, with which autoencoder, at which size),
 ``shard-NNNNN.safetensors`` files (``latents`` and, optionally, ``flipped``: the latents of the
-horizontally mirrored images) and, once complete, ``stats.json`` (per-channel mean and std).
+horizontally mirrored images, and ``labels``: the class of each image of a digits folder) and, once complete, ``stats.json`` (per-channel mean and std).
 Each shard is written to a temporary file and renamed, so a killed run resumes by encoding
 only the shards that are missing, and its result equals an uninterrupted run.
 """
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from catdiff.checkpoints import read_format_json
 from catdiff.data import ImageFolder
 from catdiff.errors import UserError
+from catdiff.mnist import Digits
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,14 @@ def shard_path(root: Path, index: int) -> Path:
     return root / f"shard-{index:05d}.safetensors"
 
 
-def files_digest(dataset: ImageFolder) -> str:
-    """A fingerprint of which files were encoded (names relative to the folder, in order)."""
-    names = "\n".join(p.relative_to(dataset.root).as_posix() for p in dataset.paths)
-    return hashlib.sha256(names.encode()).hexdigest()[:16]
+def files_digest(dataset: ImageFolder | Digits) -> str:
+    """A fingerprint of what was encoded: the file names relative to the folder, in order, or
+    the digits and their labels."""
+    if isinstance(dataset, Digits):
+        payload = dataset.images.numpy().tobytes() + dataset.labels.numpy().tobytes()
+    else:
+        payload = "\n".join(p.relative_to(dataset.root).as_posix() for p in dataset.paths).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 def is_latent_cache(path: Path) -> bool:
@@ -63,7 +68,7 @@ def check_compatible(manifest: dict[str, Any], *, autoencoder: dict[str, Any], s
 
 @torch.inference_mode()
 def encode_folder(
-    dataset: ImageFolder,
+    dataset: ImageFolder | Digits,
     encode: Encoder,
     out: Path,
     *,
@@ -74,7 +79,8 @@ def encode_folder(
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> Path:
-    """Encode every image of ``dataset`` (and its mirror image) into a cache at ``out``.
+    """Encode every image of ``dataset`` (and its mirror image) into a cache at ``out``; the
+    labels of digits are stored beside their latents.
 
     ``autoencoder`` identifies the weights (see ``Autoencoder.descriptor``); ``source`` says
     where to load them again for decoding.
@@ -92,6 +98,9 @@ def encode_folder(
         "shard_size": shard_size,
         "num_shards": -(-len(dataset) // shard_size),
     }
+    labels = dataset.labels if isinstance(dataset, Digits) else None
+    if labels is not None:
+        manifest["num_classes"] = dataset.num_classes
     if is_latent_cache(out):
         existing = _read_manifest(out)
         check_compatible(existing, autoencoder=autoencoder, size=dataset.size, root=out)
@@ -118,6 +127,8 @@ def encode_folder(
                     tensors["flipped"].append(encode(images.flip(-1)).float())
                 bar.update(len(images))
             shard = {name: torch.cat(parts) for name, parts in tensors.items() if parts}
+            if labels is not None:
+                shard["labels"] = labels[indices.start : indices.stop]
             tmp = shard_path(out, index).with_suffix(f".tmp-{os.getpid()}")
             save_file(shard, tmp)
             os.replace(tmp, shard_path(out, index))
@@ -134,12 +145,13 @@ def _shard_range(manifest: dict[str, Any], index: int) -> range:
 
 @dataclass
 class LatentCache:
-    """A complete cache loaded into memory."""
+    """A complete cache loaded into memory (``labels``: int64 ``[N]`` for labelled images)."""
 
     root: Path
     manifest: dict[str, Any]
     latents: Tensor
     flipped: Tensor | None
+    labels: Tensor | None = None
 
     @classmethod
     def open(cls, root: Path, *, require_stats: bool = True) -> LatentCache:
@@ -150,7 +162,8 @@ class LatentCache:
         shards = [load_file(shard_path(root, i)) for i in range(manifest["num_shards"])]
         latents = torch.cat([s["latents"] for s in shards])
         flipped = torch.cat([s["flipped"] for s in shards]) if manifest["flip"] else None
-        return cls(root, manifest, latents, flipped)
+        labels = torch.cat([s["labels"] for s in shards]) if "num_classes" in manifest else None
+        return cls(root, manifest, latents, flipped, labels)
 
     @property
     def stats(self) -> dict[str, list[float]]:

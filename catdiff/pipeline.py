@@ -6,7 +6,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +22,12 @@ from catdiff.checkpoints import (
     write_model_folder,
 )
 from catdiff.diffusion.denoiser import Denoiser
+from catdiff.diffusion.guidance import ClassifierFreeGuidance
 from catdiff.diffusion.objective import Prediction
 from catdiff.diffusion.samplers import get_sampler
 from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
 from catdiff.errors import UserError
-from catdiff.models import build_model
+from catdiff.models import NULL_CLASS, build_model
 from catdiff.rerank import Scorer
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -50,7 +51,7 @@ PIPELINE_FILE = "pipeline.json"
 UNET_DIR = "unet"
 AUTOENCODER_DIR = "autoencoder"
 BUNDLED_DIR = Path(__file__).parent / "weights"
-BUNDLED_PIPELINES = ("cats",)
+BUNDLED_PIPELINES = ("cats", "digits")
 DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 50, "spacing": "trailing"}
 
 
@@ -169,6 +170,37 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a class-conditional denoiser; None for an unconditional one."""
+        return getattr(self.network, "num_classes", None)
+
+    @property
+    def guidance(self) -> float:
+        """The default classifier-free guidance scale of a class-conditional pipeline."""
+        return self.sampling.get("guidance", 1.0)
+
+    def check_condition(self, labels: Tensor | None, guidance: float) -> None:
+        """Refuse class labels or guidance that this pipeline cannot use (a :class:`UserError`)."""
+        if guidance < 0:
+            raise UserError(f"guidance must be at least 0, got {guidance}")
+        if labels is None:
+            if guidance != 1:
+                raise UserError("guidance needs class labels (and a class-conditional model)")
+            return
+        if self.num_classes is None:
+            raise UserError("this model is not class-conditional: it takes no class or guidance")
+        wrong = labels[(labels < 0) | (labels >= self.num_classes)]
+        if len(wrong):
+            raise UserError(f"class must be between 0 and {self.num_classes - 1} for this model, got {wrong[0].item()}")
+
+    def guided_network(self, labels: Tensor | None, guidance: float) -> Callable[..., Tensor]:
+        """The network of the denoiser: plain, or guided towards ``labels`` (Ho & Salimans 2022)."""
+        if labels is None:
+            return self.network
+        labels = labels.to(self.device)
+        return ClassifierFreeGuidance(self.network, labels, torch.full_like(labels, NULL_CLASS), guidance)
+
     def sigmas(self, steps: int, spacing: SigmaSpacing | None = None) -> Tensor:
         """The noise levels of a ``steps``-step sampler; the pipeline's default spacing if None."""
         return self.schedule.sampling_sigmas(steps, spacing or self.sampling["spacing"])
@@ -182,6 +214,8 @@ class Pipeline:
         sampler: str = "ddim",
         spacing: SigmaSpacing | None = None,
         seed: int = 0,
+        labels: Sequence[int] | Tensor | None = None,
+        guidance: float = 1.0,
         batch_size: int = 16,
         precision: Precision = "fp32",
         progress: bool | None = False,
@@ -190,10 +224,14 @@ class Pipeline:
     ) -> Tensor:
         """``n`` samples as float NCHW in [-1, 1]; the same seed gives the same images.
 
-        ``progress=None`` shows a bar only on a terminal.
+        A class-conditional pipeline draws sample ``i`` of class ``labels[i]`` with guidance
+        scale ``guidance`` (1: the conditional model, 0: the unconditional one), or, without
+        labels, unconditional samples. ``progress=None`` shows a bar only on a terminal.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).expand(n)
+        self.check_condition(labels, guidance)
         generator = torch.Generator().manual_seed(seed)
         images = []
         with tqdm(
@@ -212,6 +250,7 @@ class Pipeline:
             for start in range(0, n, batch_size):
                 noise = torch.randn(min(batch_size, n - start), *self.sample_shape, generator=generator)
                 options = {"steps": steps, "sampler": sampler, "spacing": spacing, "precision": precision}
+                options.update(labels=None if labels is None else labels[start : start + len(noise)], guidance=guidance)
                 images.append(
                     self.sample_from_noise(noise, generator=generator, callback=on_step, **options, **sampler_options)
                 )
@@ -226,16 +265,19 @@ class Pipeline:
         sampler: str = "ddim",
         spacing: SigmaSpacing | None = None,
         generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        guidance: float = 1.0,
         precision: Precision = "fp32",
         callback: Callable[..., None] | None = None,
         **sampler_options: Any,
     ) -> Tensor:
-        """One batch of images from given unit-variance start noise (``[B, *sample_shape]``):
-        what :meth:`sample` runs per batch, and what a server runs on requests pooled together."""
+        """One batch of images from given unit-variance start noise (``[B, *sample_shape]``), of
+        classes ``labels`` (``[B]``) if given: what :meth:`sample` runs per batch, and what a
+        server runs on requests pooled together."""
         sample_fn = get_sampler(sampler)
         sigmas = self.sigmas(steps, spacing).to(self.device)
         denoise = Denoiser(
-            self.network,
+            self.guided_network(labels, guidance),
             self.schedule,
             self.prediction,
             clip_x0=self.clip_x0,

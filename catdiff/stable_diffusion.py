@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from catdiff.diffusion.denoiser import Denoiser
+from catdiff.diffusion.guidance import ClassifierFreeGuidance
 from catdiff.diffusion.samplers import SAMPLERS, Callback, get_sampler
 from catdiff.diffusion.schedule import SIGMA_SPACINGS, NoiseSchedule, SigmaSpacing
 from catdiff.errors import UserError
@@ -31,7 +32,7 @@ from catdiff.models.unet_sd import SDUNet
 from catdiff.models.vae import AutoencoderKL
 from catdiff.sd_checkpoint import load_stable_diffusion
 
-__all__ = ["PRECISIONS", "ClassifierFreeGuidance", "StableDiffusion", "add_txt2img_parser", "run_txt2img"]
+__all__ = ["PRECISIONS", "StableDiffusion", "add_txt2img_parser", "run_txt2img"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -40,28 +41,6 @@ def standard_normal(shape: Sequence[int], generator: torch.Generator, device: to
     """A draw from the (CPU) ``generator``, moved to ``device``: the same seed gives the same
     image on every device, and the same draws as diffusers' ``randn_tensor``."""
     return torch.randn(tuple(shape), generator=generator).to(device)
-
-
-class ClassifierFreeGuidance:
-    """The guided noise prediction ``eps_u + scale * (eps_c - eps_u)`` (Ho & Salimans 2022,
-    eq. 6), from one U-Net call on the batch doubled: unconditional half first.
-
-    ``context`` and ``uncond_context`` are the text encoder's states for the prompts and the
-    negative prompts. At ``scale == 1`` this is the conditional prediction, from one plain call.
-    Inputs are cast to the U-Net's dtype; the prediction comes back in float32.
-    """
-
-    def __init__(self, unet: SDUNet, context: Tensor, uncond_context: Tensor, scale: float) -> None:
-        self.unet, self.scale = unet, scale
-        self.dtype = next(unet.parameters()).dtype
-        self.context = context.to(self.dtype)
-        self.both_contexts = torch.cat([uncond_context, context]).to(self.dtype)
-
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        if self.scale == 1:
-            return self.unet(x_t.to(self.dtype), t, self.context).float()
-        eps_u, eps_c = self.unet(torch.cat([x_t, x_t]).to(self.dtype), t.repeat(2), self.both_contexts).float().chunk(2)
-        return eps_u + self.scale * (eps_c - eps_u)
 
 
 class StableDiffusion:

@@ -1,7 +1,8 @@
 """What the trainer optimises: a task draws a step's randomness and turns a batch into a loss.
 
 ``draw`` sees the whole global batch and one generator per step, so every process and every
-resumed run gets the same draws; ``loss`` sees one process's share of them.
+resumed run gets the same draws; ``loss`` sees one process's share of them, followed by the
+batch's condition (class labels) where the trainer has one.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ class DiffusionTask:
         return t, torch.randn(x0.shape, generator=generator)
 
     def loss(self, network: nn.Module, x0: Tensor, *draws: Tensor) -> Tensor:
-        t, noise = draws
+        t, noise, *condition = draws
         alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in self.schedule.alpha_sigma(t))
         x_t = alpha * x0 + sigma * noise
         target = training_target(self.prediction, x0, noise, alpha, sigma)
-        output = network(x_t, t.float()).float()
+        output = network(x_t, t.float(), *condition).float()
         per_sample = (output - target).pow(2).mean(dim=(1, 2, 3))
         if self.min_snr_gamma is not None:
             per_sample = per_sample * min_snr_weight(self.prediction, self.schedule.snr(t), self.min_snr_gamma).float()

@@ -1,9 +1,10 @@
 """The training loop (on accelerate): EMA, atomic checkpoints, exact resume, previews, logs.
 
-Every random draw of step ``k`` (batch order, flips, timesteps, noise, dropout) comes from
-generators seeded by ``(seed, k)``, and the whole global batch is drawn before each process
-takes its share. So a resumed run continues bit-exactly, and N processes with batch B each,
-accumulating G rounds, see the same data and noise as one process with batch N*B*G.
+Every random draw of step ``k`` (batch order, flips, timesteps, noise, label and network
+dropout) comes from generators seeded by ``(seed, k)``, and the whole global batch is drawn
+before each process takes its share. So a resumed run continues bit-exactly, and N processes
+with batch B each, accumulating G rounds, see the same data and noise as one process with
+batch N*B*G.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from catdiff.checkpoints import (
     save_checkpoint,
 )
 from catdiff.data import random_hflip, uint8_to_float
+from catdiff.diffusion.guidance import drop_labels
 from catdiff.diffusion.objective import PREDICTIONS
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.ema import EMA
 from catdiff.errors import UserError
 from catdiff.images import save_grid
-from catdiff.models import AutoencoderKL, build_model, model_config
+from catdiff.models import NULL_CLASS, AutoencoderKL, ClassUNet, build_model, model_config
 from catdiff.tasks import AutoencoderTask, DiffusionTask, Task
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class TrainConfig:
     schedule: dict[str, Any] = field(default_factory=lambda: NoiseSchedule().to_config())
     prediction: Literal["eps", "v", "x0"] = "eps"
     min_snr_gamma: float | None = None
+    label_dropout: float = 0.1
     kl_weight: float = 1e-6
     batch_size: int = 64
     grad_accum: int = 1
@@ -83,6 +86,7 @@ class TrainConfig:
             "grad_accum": self.grad_accum >= 1,
             "max_steps": self.max_steps >= 1,
             "lr": self.lr > 0,
+            "label_dropout": 0 <= self.label_dropout <= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "preview_every": self.preview_every >= 0,
             "log_every": self.log_every >= 1,
@@ -152,6 +156,17 @@ class BatchOrder:
         return self._perm[j * self.batch_size : (j + 1) * self.batch_size]
 
 
+def class_labels(network: torch.nn.Module, labels: Tensor | None) -> Tensor | None:
+    """The labels a class-conditional ``network`` trains on, checked; None for other networks."""
+    if not isinstance(network, ClassUNet):
+        return None
+    if labels is None:
+        raise UserError("a class-conditional model needs labelled data: a digits folder or a latent cache of one")
+    if labels.min() < 0 or labels.max() >= network.num_classes:
+        raise UserError(f"labels must be 0 .. {network.num_classes - 1} for this model, found {labels.max().item()}")
+    return labels
+
+
 class Trainer:
     """Trains a model on a tensor dataset of images or latents: a denoiser, or an autoencoder
     (the task is chosen by the model, see :mod:`catdiff.tasks`)."""
@@ -164,10 +179,12 @@ class Trainer:
         *,
         data_info: dict[str, Any],
         mirrored: Tensor | None = None,
+        labels: Tensor | None = None,
         autoencoder: dict[str, Any] | None = None,
     ) -> None:
         """``data``: uint8 images or float latents; ``mirrored``: their precomputed mirror images;
-        ``autoencoder``: the record of the autoencoder the latents came from."""
+        ``labels``: their classes, which a class-conditional model learns from (others ignore
+        them); ``autoencoder``: the record of the autoencoder the latents came from."""
         self.config = config
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +203,7 @@ class Trainer:
             network = build_model(config.model)
         except (TypeError, ValueError) as error:
             raise UserError(f"bad model config: {error}") from None
+        self.labels = class_labels(network, labels)
         self.task = make_task(config, network, pixels=data.dtype == torch.uint8)
         self.ema = EMA(network, max_decay=config.ema_max_decay, power=config.ema_power)
         optimizer = torch.optim.AdamW(
@@ -268,7 +286,11 @@ class Trainer:
         if self.config.flip:
             x0 = random_hflip(x0, generator, None if self.mirrored is None else self.mirrored[indices])
         x0 = uint8_to_float(x0) if x0.dtype == torch.uint8 else x0.float()
-        return (x0, *self.task.draw(x0, generator))
+        draws = self.task.draw(x0, generator)
+        if self.labels is None:
+            return (x0, *draws)
+        # Classifier-free guidance learns the unconditional model too (Ho & Salimans 2022, alg. 1).
+        return (x0, *draws, drop_labels(self.labels[indices], self.config.label_dropout, NULL_CLASS, generator))
 
     def micro_batches(self, step: int) -> list[tuple[Tensor, ...]]:
         """This process's share of each accumulation round of ``step``."""

@@ -58,19 +58,24 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
         assert word in lines[0], lines[0]
 
 
-@pytest.fixture(scope="session")
-def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_tiny_model(folder: Path, model: dict, sample_shape: list[int], prediction: str = "eps") -> Path:
+    """A model folder of a randomly initialised (seed 0) denoiser on a linear schedule."""
     torch.manual_seed(0)
-    network = build_model(TINY_UNET)
+    network = build_model(model)
     config = {
         "model": model_config(network),
         "diffusion": {
             "schedule": {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02},
-            "prediction": "eps",
+            "prediction": prediction,
         },
-        "sample_shape": [3, 8, 8],
+        "sample_shape": sample_shape,
     }
-    return write_model_folder(tmp_path_factory.mktemp("models") / "tiny", config, network.state_dict())
+    return write_model_folder(folder, config, network.state_dict())
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny", TINY_UNET, [3, 8, 8])
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from test_rerank import save_tiny_clip
 
 from catdiff.checkpoints import read_weights
 from catdiff.pipeline import Pipeline
-from catdiff.rerank import TypicalityScorer
+from catdiff.rerank import EigenScorer
 
 
 def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
@@ -117,7 +117,7 @@ def scores_printed(stdout: str) -> list[float]:
     return [float(v) for v in line.split(":")[1].split()]
 
 
-def test_generate_best_of_keeps_the_best_candidates_by_typicality(pipeline_dir: Path, tmp_path: Path) -> None:
+def test_generate_best_of_keeps_the_best_candidates_by_the_default_scorer(pipeline_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "best.png"
     result = catdiff("generate", "--model", str(pipeline_dir), "--n", "2", "--best-of", "5", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -126,7 +126,7 @@ def test_generate_best_of_keeps_the_best_candidates_by_typicality(pipeline_dir: 
     assert np.array(Image.open(out)).shape == (8 + 2 * 2, 2 * 8 + 3 * 2, 3)  # one row of two
     pipeline = Pipeline.from_folder(pipeline_dir)
     candidates = pipeline.sample(5, steps=7, sampler="ddpm", seed=0, batch_size=5)
-    all_scores = TypicalityScorer.load(pipeline_dir)(candidates)
+    all_scores = EigenScorer.load(pipeline_dir)(candidates)
     assert scores == pytest.approx(all_scores.sort(descending=True).values[:2].tolist(), abs=1e-4)
     assert_one_line_error(
         catdiff("generate", "--model", str(pipeline_dir), "--n", "3", "--best-of", "2", "--out", str(out)), "--best-of"

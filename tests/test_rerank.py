@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from catdiff.errors import UserError
-from catdiff.rerank import CLIPScorer, NeighbourScorer, TypicalityScorer, clip_pixels
+from catdiff.rerank import CLIPScorer, EigenScorer, NeighbourScorer, TypicalityScorer, clip_pixels
 
 transformers = pytest.importorskip("transformers")
 
@@ -102,3 +102,13 @@ def test_neighbours_prefer_images_near_the_reference(tmp_path: Path) -> None:
     assert scorer(near).mean() > scorer(far).mean()
     again = NeighbourScorer.load(scorer.save(tmp_path).parent)
     torch.testing.assert_close(again(far), scorer(far), rtol=1e-2, atol=1e-2)
+
+
+def test_eigen_scorer_prefers_images_in_the_principal_subspace(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(120, 3, 4, 4, generator=g) * 2 - 1, size=64, mode="bilinear")
+    scorer = EigenScorer.fit(smooth[:100], components=20)
+    exaggerated = 3 * (smooth[100:] - smooth[:100].mean(0))  # the same layouts, three times as far out
+    assert scorer(smooth[100:]).min() > scorer(exaggerated).max()
+    again = EigenScorer.load(scorer.save(tmp_path).parent)
+    torch.testing.assert_close(again(exaggerated), scorer(exaggerated), rtol=1e-4, atol=1e-4)

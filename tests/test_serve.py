@@ -52,7 +52,7 @@ def test_generate_returns_the_candidates_best_first_with_their_scores(client: Te
     result = client.post("/api/generate", json={"seed": 3, "steps": 4, "n": 3})
     assert result.status_code == 200, result.text
     body = result.json()
-    assert body["seed"] == 3 and body["steps"] == 4 and body["scorer"] == "typicality"
+    assert body["seed"] == 3 and body["steps"] == 4 and body["scorer"] == "eigen"
     assert len(body["candidates"]) == 3 and body["scores"] == sorted(body["scores"], reverse=True)
     assert body["image"] == body["candidates"][0]["image"]
     assert png(body["image"]).size == (8, 8)

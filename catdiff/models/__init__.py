@@ -12,12 +12,16 @@ from typing import Any
 from torch import nn
 
 from catdiff.models.unet import UNet, UNetConfig
+from catdiff.models.unet_class import NULL_CLASS, ClassUNet, ClassUNetConfig
 from catdiff.models.unet_seed import SeedUNet, SeedUNetConfig
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
 
 __all__ = [
     "AutoencoderKL",
     "AutoencoderKLConfig",
+    "ClassUNet",
+    "ClassUNetConfig",
+    "NULL_CLASS",
     "SeedUNet",
     "SeedUNetConfig",
     "UNet",
@@ -29,6 +33,7 @@ __all__ = [
 _MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "unet": (UNet, UNetConfig),
     "seed_unet": (SeedUNet, SeedUNetConfig),
+    "class_unet": (ClassUNet, ClassUNetConfig),
     "autoencoder_kl": (AutoencoderKL, AutoencoderKLConfig),
 }
 

@@ -27,7 +27,7 @@ from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.errors import UserError
 from catdiff.images import to_pil
 from catdiff.pipeline import Pipeline, pipeline_folder
-from catdiff.rerank import Scorer, TypicalityScorer
+from catdiff.rerank import EigenScorer, Scorer
 from catdiff.serve.batcher import Job, MicroBatcher, QueueFull
 
 STATIC = Path(__file__).parent / "static"
@@ -129,9 +129,9 @@ class Generator:
         )
 
 
-def load_typicality(folder: Path) -> Scorer | None:
+def load_default_scorer(folder: Path) -> Scorer | None:
     try:
-        return TypicalityScorer.load(folder)
+        return EigenScorer.load(folder)
     except UserError:
         return None
 
@@ -142,7 +142,7 @@ def create_app(
     """The app for one pipeline (a bundled model's name or a pipeline folder)."""
     folder = pipeline_folder(model)
     pipeline = Pipeline.from_folder(folder)
-    scorer = load_typicality(folder)
+    scorer = load_default_scorer(folder)
     batcher = MicroBatcher(
         Generator(pipeline, scorer), max_batch_images=max_batch_images, max_pending=max_pending, window_s=window_s
     )

@@ -1,0 +1,51 @@
+"""Classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance").
+
+One network learns the conditional and the unconditional model at once: during training the
+condition is replaced by a null one with probability ``p_uncond`` (sec. 3.2, alg. 1). At sampling
+the two predictions are mixed, ``eps = eps_u + w (eps_c - eps_u)`` (eq. 6, written with
+``w = 1 + w_paper``): ``w = 1`` is the conditional model, ``w = 0`` the unconditional one, and
+``w > 1`` pushes samples towards what the condition makes likely.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ClassifierFreeGuidance", "drop_labels"]
+
+
+def drop_labels(labels: Tensor, p_uncond: float, null: int, generator: torch.Generator) -> Tensor:
+    """``labels`` with each one replaced by ``null`` with probability ``p_uncond`` (one
+    ``torch.rand`` of ``len(labels)`` draws from ``generator``)."""
+    dropped = torch.rand(len(labels), generator=generator) < p_uncond
+    return torch.where(dropped, torch.full_like(labels, null), labels)
+
+
+def _to(condition: Tensor, dtype: torch.dtype) -> Tensor:
+    """Float conditions (text states) take the network's dtype; labels stay integers."""
+    return condition.to(dtype) if condition.is_floating_point() else condition
+
+
+class ClassifierFreeGuidance:
+    """The guided prediction ``out_u + scale * (out_c - out_u)`` of ``network(x_t, t, condition)``
+    from one call on the batch doubled, unconditional half first.
+
+    ``condition`` and ``uncondition`` have the batch as their first dimension: text encoder states
+    for the prompts and the negative prompts, or class labels and null labels. At ``scale == 1``
+    this is the conditional prediction, from one plain call. Float inputs are cast to the
+    network's dtype; the prediction comes back in float32.
+    """
+
+    def __init__(self, network: nn.Module, condition: Tensor, uncondition: Tensor, scale: float) -> None:
+        self.network, self.scale = network, scale
+        self.dtype = next(network.parameters()).dtype
+        self.condition = _to(condition, self.dtype)
+        self.both_conditions = _to(torch.cat([uncondition, condition]), self.dtype)
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        if self.scale == 1:
+            return self.network(x_t.to(self.dtype), t, self.condition).float()
+        both = self.network(torch.cat([x_t, x_t]).to(self.dtype), t.repeat(2), self.both_conditions)
+        out_u, out_c = both.float().chunk(2)
+        return out_u + self.scale * (out_c - out_u)
