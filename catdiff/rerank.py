@@ -183,6 +183,20 @@ class _OpenCLIPImageEncoder(nn.Module):
         return self.model.encode_image(pixels)
 
 
+def save_statistics(folder: Path, file: str, statistics: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> Path:
+    """Write a scorer's reference statistics into a pipeline folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in statistics.items()}, folder / file)
+    return folder / file
+
+
+def load_statistics(folder: Path, file: str, what: str) -> dict[str, Tensor]:
+    """A scorer's reference statistics, or a one-line error naming how to make them."""
+    if not (folder / file).is_file():
+        raise UserError(f"no {what} in {folder} (export it with --reference-images)")
+    return load_file(folder / file)
+
+
 class TypicalityScorer:
     """Minus the Mahalanobis distance of an image's TAESD features to those of the training
     images (a Gaussian fit: mean and covariance, shrunk towards its diagonal for stability)."""
@@ -204,18 +218,11 @@ class TypicalityScorer:
         return cls(f.mean(0), covariance, features)
 
     def save(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        stats = {"mean": self.mean, "covariance": self.covariance}
-        save_file({k: v.float().contiguous() for k, v in stats.items()}, folder / TYPICALITY_FILE)
-        return folder / TYPICALITY_FILE
+        return save_statistics(folder, TYPICALITY_FILE, {"mean": self.mean, "covariance": self.covariance})
 
     @classmethod
     def load(cls, folder: Path) -> TypicalityScorer:
-        file = folder / TYPICALITY_FILE
-        if not file.is_file():
-            raise UserError(f"no typicality statistics in {folder} (export it with --reference-images)")
-        stats = load_file(file)
-        return cls(stats["mean"], stats["covariance"])
+        return cls(**load_statistics(folder, TYPICALITY_FILE, "typicality statistics"))
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Tensor:
@@ -247,16 +254,11 @@ class NeighbourScorer:
         return cls(taesd_latents(images, taesd, cls.SIZE), k=k, taesd=taesd)
 
     def save(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({"references": self.references.half().contiguous()}, folder / NEIGHBOURS_FILE)
-        return folder / NEIGHBOURS_FILE
+        return save_statistics(folder, NEIGHBOURS_FILE, {"references": self.references}, torch.float16)
 
     @classmethod
     def load(cls, folder: Path) -> NeighbourScorer:
-        file = folder / NEIGHBOURS_FILE
-        if not file.is_file():
-            raise UserError(f"no reference latents in {folder} (export it with --reference-images)")
-        return cls(load_file(file)["references"])
+        return cls(**load_statistics(folder, NEIGHBOURS_FILE, "reference latents"))
 
     def __call__(self, images: Tensor) -> Tensor:
         distances = torch.cdist(taesd_latents(images, self.taesd, self.SIZE), self.references)
@@ -286,17 +288,12 @@ class EigenScorer:
         return cls(mean, basis[:k], singular_values[:k] ** 2 / (len(x) - 1))
 
     def save(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        stats = {"mean": self.mean, "components": self.components, "variances": self.variances}
-        save_file({k: v.float().contiguous() for k, v in stats.items()}, folder / EIGEN_FILE)
-        return folder / EIGEN_FILE
+        statistics = {"mean": self.mean, "components": self.components, "variances": self.variances}
+        return save_statistics(folder, EIGEN_FILE, statistics)
 
     @classmethod
     def load(cls, folder: Path) -> EigenScorer:
-        file = folder / EIGEN_FILE
-        if not file.is_file():
-            raise UserError(f"no principal components in {folder} (export it with --reference-images)")
-        return cls(**load_file(file))
+        return cls(**load_statistics(folder, EIGEN_FILE, "principal components"))
 
     def __call__(self, images: Tensor) -> Tensor:
         coordinates = (resize(images, self.SIZE).flatten(1).double() - self.mean) @ self.components.T
