@@ -35,9 +35,7 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeats):
             began = time.perf_counter()
-            pipeline.sample(
-                args.n, steps=sampling["steps"], sampler=sampling["sampler"], batch_size=args.n, precision=precision
-            )
+            pipeline.sample(args.n, batch_size=args.n, precision=precision)
             best = min(best, time.perf_counter() - began)
         print(f"| Pipeline.sample | {precision} | {best:.2f} | {args.n / best:.1f} |", flush=True)
     with tempfile.TemporaryDirectory() as folder:

@@ -57,8 +57,7 @@ def main() -> None:
 
     folder = pipeline_folder(args.model)
     pipeline = Pipeline.from_folder(folder)
-    options = {key: value for key, value in {"steps": args.steps, "sampler": args.sampler}.items() if value}
-    images = pipeline.sample(args.n, seed=args.seed, batch_size=args.n, **{**pipeline.sampling, **options})
+    images = pipeline.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, batch_size=args.n)
     if args.task == "grid":
         print(f"wrote {save_grid(images, args.out or Path(f'agreement-seed{args.seed}.png'), nrow=8)}")
         return

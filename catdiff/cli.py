@@ -527,13 +527,7 @@ def evaluation_samples(args: argparse.Namespace) -> Any:
     ):
         return uint8_to_float(ImageFolder(path, 64, preload=True).images)
     pipeline = Pipeline.from_folder(pipeline_or_model(args.samples))
-    return pipeline.sample(
-        args.n,
-        steps=args.steps or pipeline.sampling["steps"],
-        sampler=args.sampler or pipeline.sampling["sampler"],
-        seed=args.seed,
-        progress=None,
-    )
+    return pipeline.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, progress=None)
 
 
 def pipeline_or_model(spec: str) -> Path:

@@ -104,33 +104,53 @@ class Distances:
     kid_std: float | None = None
 
 
-def feature_distances(
-    real: Tensor, fake: Tensor, features: nn.Module, *, kid: bool = True, batch_size: int = 64
-) -> Distances:
-    """Fréchet distance (and KID) between two image sets, float NCHW in [-1, 1], in ``features``' space."""
+def torchmetrics_classes() -> tuple[type, type]:
+    """torchmetrics' FID and KID classes, or a clear error naming the extra that installs them."""
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
     except ImportError:
         raise UserError('feature distances need torchmetrics: pip install "catdiff[eval]"') from None
+    return FrechetInceptionDistance, KernelInceptionDistance
 
-    if min(len(real), len(fake)) < 2:
-        raise ValueError("Fréchet distance needs at least 2 images on each side")
-    # (normalize: torchmetrics probes a custom extractor with a float image, not a uint8 one)
-    fid = FrechetInceptionDistance(
-        feature=features, reset_real_features=False, normalize=True, input_img_size=tuple(real.shape[1:])
-    )
-    kid_metric = None
+
+class FrechetToReference:
+    """The Fréchet distance of image sets to one fixed real set, whose features are taken once.
+
+    Images are float NCHW in [-1, 1]; each call measures a new set against the same real one.
+    """
+
+    def __init__(self, real: Tensor, features: nn.Module, *, batch_size: int = 64) -> None:
+        if len(real) < 2:
+            raise ValueError("Fréchet distance needs at least 2 images on each side")
+        # (normalize: torchmetrics probes a custom extractor with a float image, not a uint8 one)
+        self.fid = torchmetrics_classes()[0](
+            feature=features, reset_real_features=False, normalize=True, input_img_size=tuple(real.shape[1:])
+        )
+        self.batch_size = batch_size
+        for batch in batches(real, batch_size):
+            self.fid.update(batch, real=True)
+
+    def __call__(self, fake: Tensor) -> float:
+        if len(fake) < 2:
+            raise ValueError("Fréchet distance needs at least 2 images on each side")
+        self.fid.reset()  # forgets the previous set only: the real features are kept
+        for batch in batches(fake, self.batch_size):
+            self.fid.update(batch, real=False)
+        return float(self.fid.compute())
+
+
+def feature_distances(
+    real: Tensor, fake: Tensor, features: nn.Module, *, kid: bool = True, batch_size: int = 64
+) -> Distances:
+    """Fréchet distance (and KID) between two image sets, float NCHW in [-1, 1], in ``features``' space."""
+    result = Distances(frechet=FrechetToReference(real, features, batch_size=batch_size)(fake))
     if kid:
         subset = min(len(real), len(fake), 1000)
-        kid_metric = KernelInceptionDistance(feature=features, subset_size=subset, reset_real_features=False)
-    for images, is_real in ((real, True), (fake, False)):
-        for batch in batches(images, batch_size):
-            fid.update(batch, real=is_real)
-            if kid_metric is not None:
+        kid_metric = torchmetrics_classes()[1](feature=features, subset_size=subset, reset_real_features=False)
+        for images, is_real in ((real, True), (fake, False)):
+            for batch in batches(images, batch_size):
                 kid_metric.update(batch, real=is_real)
-    result = Distances(frechet=float(fid.compute()))
-    if kid_metric is not None:
         mean, std = kid_metric.compute()
         result.kid_mean, result.kid_std = float(mean), float(std)
     return result

@@ -52,7 +52,9 @@ UNET_DIR = "unet"
 AUTOENCODER_DIR = "autoencoder"
 BUNDLED_DIR = Path(__file__).parent / "weights"
 BUNDLED_PIPELINES = ("cats", "digits")
-DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 50, "spacing": "trailing"}
+# For a model whose export chose none: DPM-Solver++(2M) on the exponential grid, which beat every
+# other sampler and grid of docs/PERFORMANCE.md at 10-20 steps; 20 steps leave room for other models.
+DEFAULT_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "spacing": "exponential"}
 
 
 def pipeline_folder(spec: str | Path) -> Path:
@@ -210,8 +212,8 @@ class Pipeline:
         self,
         n: int,
         *,
-        steps: int = 50,
-        sampler: str = "ddim",
+        steps: int | None = None,
+        sampler: str | None = None,
         spacing: SigmaSpacing | None = None,
         seed: int = 0,
         labels: Sequence[int] | Tensor | None = None,
@@ -224,6 +226,7 @@ class Pipeline:
     ) -> Tensor:
         """``n`` samples as float NCHW in [-1, 1]; the same seed gives the same images.
 
+        ``steps``, ``sampler`` and ``spacing`` default to the pipeline's (:attr:`sampling`).
         A class-conditional pipeline draws sample ``i`` of class ``labels[i]`` with guidance
         scale ``guidance`` (1: the conditional model, 0: the unconditional one), or, without
         labels, unconditional samples. ``progress=None`` shows a bar only on a terminal.
@@ -232,6 +235,7 @@ class Pipeline:
             raise ValueError(f"n must be at least 1, got {n}")
         labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).expand(n)
         self.check_condition(labels, guidance)
+        steps = steps or self.sampling["steps"]
         generator = torch.Generator().manual_seed(seed)
         images = []
         with tqdm(
@@ -261,8 +265,8 @@ class Pipeline:
         self,
         noise: Tensor,
         *,
-        steps: int = 50,
-        sampler: str = "ddim",
+        steps: int | None = None,
+        sampler: str | None = None,
         spacing: SigmaSpacing | None = None,
         generator: torch.Generator | None = None,
         labels: Tensor | None = None,
@@ -274,8 +278,8 @@ class Pipeline:
         """One batch of images from given unit-variance start noise (``[B, *sample_shape]``), of
         classes ``labels`` (``[B]``) if given: what :meth:`sample` runs per batch, and what a
         server runs on requests pooled together."""
-        sample_fn = get_sampler(sampler)
-        sigmas = self.sigmas(steps, spacing).to(self.device)
+        sample_fn = get_sampler(sampler or self.sampling["sampler"])
+        sigmas = self.sigmas(steps or self.sampling["steps"], spacing).to(self.device)
         denoise = Denoiser(
             self.guided_network(labels, guidance),
             self.schedule,

@@ -15,7 +15,7 @@ from synthetic import make_image_folder
 from test_rerank import save_tiny_clip
 
 from catdiff.checkpoints import read_weights
-from catdiff.pipeline import Pipeline
+from catdiff.pipeline import DEFAULT_SAMPLING, Pipeline
 from catdiff.rerank import EigenScorer
 
 
@@ -28,7 +28,7 @@ def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
     full = read_weights(model_folder)
     assert all(torch.allclose(weights[k].float(), full[k], rtol=1e-3, atol=1e-4) for k in full)
     pipeline = Pipeline.from_folder(pipeline_dir)
-    assert pipeline.sampling == {"sampler": "ddpm", "steps": 7, "spacing": "trailing"}
+    assert pipeline.sampling == {"sampler": "ddpm", "steps": 7, "spacing": DEFAULT_SAMPLING["spacing"]}
     assert next(pipeline.network.parameters()).dtype == torch.float32
 
 
