@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument("--spacing", default="exponential")
     parser.add_argument("--max-train", type=int, default=2000)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
@@ -70,7 +71,9 @@ def main() -> None:
         step = step_of(folder)
         pipeline = Pipeline.from_folder(folder)
         began = time.perf_counter()
-        samples = pipeline.sample(args.n, steps=args.steps, sampler=args.sampler, seed=0, batch_size=100)
+        samples = pipeline.sample(
+            args.n, steps=args.steps, sampler=args.sampler, spacing=args.spacing, seed=0, batch_size=100
+        )
         report = evaluate(samples, train, heldout)
         row = {
             "step": step,

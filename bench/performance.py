@@ -17,9 +17,14 @@ from pathlib import Path
 
 import torch
 
+TRAIN_IMAGES = Path("../shared/data/cat-faces-64")  # the bundled model's data, for Fréchet distances
+
 
 def sections() -> list[tuple[str, list[str]]]:
     quality = ["bench/steps_to_quality.py", "--model", "cats", "--n", "32", "--steps", "5", "10", "15", "20", "50"]
+    quality += ["--ddim-spacings", "trailing"]
+    if TRAIN_IMAGES.is_dir():
+        quality += ["--train", str(TRAIN_IMAGES)]
     return [
         (
             "(a) Denoiser: ours against diffusers' UNet2DModel of the same architecture",

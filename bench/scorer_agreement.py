@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--steps", type=int, help="default: the model's")
     parser.add_argument("--sampler", help="default: the model's")
+    parser.add_argument("--spacing", help="default: the model's")
     parser.add_argument("--out", type=Path, help="grid: where to write the PNG")
     parser.add_argument("--labels", type=Path, help="auc: JSON list of the indices a person picked as good")
     parser.add_argument("--scorers", nargs="+", default=["eigen", "typicality", "neighbours"], choices=SCORERS)
@@ -57,7 +58,8 @@ def main() -> None:
 
     folder = pipeline_folder(args.model)
     pipeline = Pipeline.from_folder(folder)
-    images = pipeline.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, batch_size=args.n)
+    options = {"steps": args.steps, "sampler": args.sampler, "spacing": args.spacing}
+    images = pipeline.sample(args.n, seed=args.seed, batch_size=args.n, **options)
     if args.task == "grid":
         print(f"wrote {save_grid(images, args.out or Path(f'agreement-seed{args.seed}.png'), nrow=8)}")
         return

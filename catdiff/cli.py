@@ -376,19 +376,19 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model", type=Path, help="pipeline folder, run folder (newest checkpoint), checkpoint or model folder"
     )
-    add_sampling_options(p, steps=50, sampler="ddim")
+    add_sampling_options(p)
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="grid PNG to write")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.set_defaults(run=run_sample)
 
 
-def add_sampling_options(p: argparse.ArgumentParser, *, steps: int | None, sampler: str | None) -> None:
-    """``--n --seed --steps --sampler --spacing --precision``; None defaults mean "the model's"."""
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """``--n --seed --steps --sampler --spacing --precision --class --guidance``; see :func:`sampling_options`."""
     default = " (default: the model's)"
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
-    p.add_argument("--steps", type=positive_int, default=steps, help="sampler steps" + ("" if steps else default))
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=sampler, help="" if sampler else default)
+    p.add_argument("--steps", type=positive_int, help="sampler steps" + default)
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's")
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps" + default)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
     p.add_argument("--class", dest="label", type=int, help="class-conditional models: the class of every image")
@@ -404,6 +404,20 @@ def condition_options(args: argparse.Namespace, pipeline: Any, n: int) -> dict[s
         return {}
     labels = [args.label] if args.label is not None else [i % pipeline.num_classes for i in range(n)]
     return {"labels": labels, "guidance": pipeline.guidance if args.guidance is None else args.guidance}
+
+
+def sampling_options(args: argparse.Namespace, pipeline: Any, n: int) -> dict[str, Any]:
+    """The options of :func:`add_sampling_options` for ``Pipeline.sample`` of ``n`` images, the
+    pipeline's own sampler, steps and spacing where none was given."""
+    options = {key: getattr(args, key) or pipeline.sampling[key] for key in ("steps", "sampler", "spacing")}
+    if options["steps"] > pipeline.schedule.T:
+        raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {options['steps']}")
+    options.update(seed=args.seed, precision=args.precision, progress=None)
+    return options | condition_options(args, pipeline, n)
+
+
+def describe(options: dict[str, Any]) -> str:
+    return f"{options['sampler']}, {options['steps']} steps on the {options['spacing']} grid, seed {options['seed']}"
 
 
 def check_writable(path: Path) -> None:
@@ -423,20 +437,9 @@ def run_sample(args: argparse.Namespace) -> None:
 
     check_writable(args.out)
     pipeline = Pipeline.from_folder(args.model, ema=not args.no_ema)
-    if args.steps > pipeline.schedule.T:
-        raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {args.steps}")
-    images = pipeline.sample(
-        args.n,
-        steps=args.steps,
-        sampler=args.sampler,
-        spacing=args.spacing,
-        seed=args.seed,
-        precision=args.precision,
-        progress=None,
-        **condition_options(args, pipeline, args.n),
-    )
-    save_grid(images, args.out)
-    print(f"wrote {args.n} images to {args.out}")
+    options = sampling_options(args, pipeline, args.n)
+    save_grid(pipeline.sample(args.n, **options), args.out)
+    print(f"wrote {args.n} images ({describe(options)}) to {args.out}")
 
 
 # --- generate ----------------------------------------------------------------------------------
@@ -449,7 +452,7 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         description="Make a PNG grid of new images from a pipeline folder; by default the bundled cat model.",
     )
     p.add_argument("--model", default="cats", help="a bundled model's name or a pipeline folder (default: cats)")
-    add_sampling_options(p, steps=None, sampler=None)
+    add_sampling_options(p)
     p.add_argument("--out", type=Path, default=Path("cats.png"), help="grid PNG to write")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
     p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
@@ -474,19 +477,14 @@ def run_generate(args: argparse.Namespace) -> None:
         scorer = load_scorer(args.scorer, pipeline=folder, clip_model=args.clip_model, prompt=args.prompt)
     if args.compile:
         pipeline.compile()
-    steps = args.steps or pipeline.sampling["steps"]
-    if steps > pipeline.schedule.T:
-        raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {steps}")
-    sampler = args.sampler or pipeline.sampling["sampler"]
-    options = {"steps": steps, "sampler": sampler, "spacing": args.spacing, "seed": args.seed}
-    options.update(precision=args.precision, progress=None, **condition_options(args, pipeline, args.best_of or args.n))
+    options = sampling_options(args, pipeline, args.best_of or args.n)
     if scorer is None:
         images = pipeline.sample(args.n, **options)
     else:
         images, scores = pipeline.best_of(args.best_of, args.n, scorer, **options)
         print(f"{scorer.name} scores of the best {args.n} of {args.best_of}: " + " ".join(f"{v:.4f}" for v in scores))
     save_grid(images, args.out)
-    print(f"wrote {args.n} images ({sampler}, {steps} steps, seed {args.seed}) to {args.out}")
+    print(f"wrote {args.n} images ({describe(options)}) to {args.out}")
 
 
 # --- eval --------------------------------------------------------------------------------------
@@ -507,6 +505,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=positive_int, default=500, help="samples to generate from a model")
     p.add_argument("--steps", type=positive_int, help="sampler steps (default: the model's)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's")
+    p.add_argument("--spacing", choices=SIGMA_SPACINGS, help="noise levels of the steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train", type=positive_int, default=2000, help="training images to compare with, at most")
     p.add_argument("--inception", type=Path, help="Inception weights file for FID/KID proper (default: TAESD features)")
@@ -527,7 +526,8 @@ def evaluation_samples(args: argparse.Namespace) -> Any:
     ):
         return uint8_to_float(ImageFolder(path, 64, preload=True).images)
     pipeline = Pipeline.from_folder(pipeline_or_model(args.samples))
-    return pipeline.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, progress=None)
+    options = {"steps": args.steps, "sampler": args.sampler, "spacing": args.spacing, "seed": args.seed}
+    return pipeline.sample(args.n, progress=None, **options)
 
 
 def pipeline_or_model(spec: str) -> Path:

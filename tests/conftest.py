@@ -39,6 +39,15 @@ def require_shared(path: str | os.PathLike = "") -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight a busy machine for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_dir() -> Path:
     """The ``../shared`` folder (skip, or fail under CATDIFF_REQUIRE_SHARED=1, if absent)."""
     return require_shared()

@@ -29,6 +29,9 @@ def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
     assert all(torch.allclose(weights[k].float(), full[k], rtol=1e-3, atol=1e-4) for k in full)
     pipeline = Pipeline.from_folder(pipeline_dir)
     assert pipeline.sampling == {"sampler": "ddpm", "steps": 7, "spacing": DEFAULT_SAMPLING["spacing"]}
+    default = pipeline.sample(2, seed=1)  # the recorded sampling is Pipeline.sample's default
+    assert torch.equal(default, pipeline.sample(2, seed=1, **pipeline.sampling))
+    assert not torch.equal(default, pipeline.sample(2, seed=1, steps=7, sampler="ddim"))
     assert next(pipeline.network.parameters()).dtype == torch.float32
 
 

@@ -12,7 +12,14 @@ from synthetic import make_image_folder
 from torch import nn
 
 from catdiff.images import to_pil
-from catdiff.metrics import TAESDFeatures, evaluate, feature_distances, memorisation, nearest_distances
+from catdiff.metrics import (
+    FrechetToReference,
+    TAESDFeatures,
+    evaluate,
+    feature_distances,
+    memorisation,
+    nearest_distances,
+)
 
 
 class TinyFeatures(nn.Module):
@@ -52,6 +59,18 @@ def test_frechet_distance_matches_the_closed_form_for_gaussian_features() -> Non
     s1, s2 = torch.tensor([1.0, 0.25, 4.0]), torch.ones(3)
     expected = 0.25 + float((s1 + s2 - 2 * (s1 * s2).sqrt()).sum())
     assert found == pytest.approx(expected, abs=0.15)
+
+
+def test_frechet_to_reference_measures_each_set_alone_against_the_kept_real_features() -> None:
+    features, real = TinyFeatures(), images(100, seed=0)
+    frechet = FrechetToReference(real, features)
+    near, far = images(50, shift=0.1, seed=1), images(50, shift=0.4, seed=2)
+    first = frechet(near)
+    assert frechet(far) == pytest.approx(feature_distances(real, far, features, kid=False).frechet, rel=1e-5)
+    assert frechet(near) == pytest.approx(first, rel=1e-6)  # the previous set is forgotten, the real one kept
+    assert first < frechet(far)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet(near[:1])
 
 
 def test_taesd_features_shape_and_that_they_separate_blur_from_sharp_images() -> None:

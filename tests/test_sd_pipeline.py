@@ -22,13 +22,7 @@ PROMPT, NEGATIVE = "a photo of a cat, (masterpiece:1.2)", "blurry, lowres"
 SIZE = (16, 16)  # pixels; the tiny VAE has two levels, so latents are 8 x 8
 IMAGE_TOL = 1e-3
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

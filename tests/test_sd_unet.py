@@ -20,14 +20,7 @@ from catdiff.sd_checkpoint import models_from_single_file
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight a busy machine for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def diffusers_unet_kwargs(config: SDUNetConfig) -> dict:

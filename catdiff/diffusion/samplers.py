@@ -247,17 +247,11 @@ def sample_euler(
 ) -> Tensor:
     """Euler's method on the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``
     (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models",
-    Algorithm 1 without stochastic churn). First order; one network evaluation per step.
-    ``generator`` is unused (the sampler is deterministic).
+    Algorithm 1 without stochastic churn). First order; one network evaluation per step. The step
+    ``x + (sigma_next - sigma) (x - x0) / sigma`` is ``x0 + sigma_next * eps``: the same update as
+    deterministic DDIM, reached from the ODE side. ``generator`` is unused (no draws).
     """
-    sigmas = _check_sigmas(sigmas)
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma, **cond)
-        x = x + (x - denoised) / float(sigma) * float(sigma_next - sigma)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
-    return x
+    return _sample_first_order(denoise, x, sigmas, lambda sigma, sigma_next: (sigma_next, 0.0), None, callback, cond)
 
 
 @register_sampler("heun")
