@@ -33,3 +33,18 @@ def test_bundled_model_makes_128px_images_and_the_same_seed_gives_the_same_image
     blocks = torch.nn.functional.avg_pool2d(first[:, 0], 16).flatten()
     reference = torch.tensor(json.loads(REFERENCE.read_text()))
     assert torch.allclose(blocks, reference, atol=0.02), (blocks - reference).abs().max()
+
+
+def test_bundled_default_sampling_lands_closer_to_the_ode_solution_than_50_ddim_steps() -> None:
+    """The bar of the fast-sampling issue on two samples: the shipped sampler, at most 15 network
+    evaluations, against 50 DDIM steps on every grid, both measured from 1,000 DDIM steps from the
+    same start noise (the full table is bench/steps_to_quality.py's, in docs/PERFORMANCE.md)."""
+    pipeline = Pipeline.from_folder(pipeline_folder("cats"))
+    assert pipeline.sampling["sampler"] != "heun" and pipeline.sampling["steps"] <= 15  # one evaluation a step
+    reference = pipeline.sample(2, steps=1000, sampler="ddim", spacing="trailing", seed=0)
+
+    def distance(**options: str | int) -> float:
+        return float((pipeline.sample(2, seed=0, **options) - reference).pow(2).mean().sqrt())
+
+    ddim_50 = min(distance(steps=50, sampler="ddim", spacing=grid) for grid in ("trailing", "karras", "exponential"))
+    assert distance() < ddim_50
