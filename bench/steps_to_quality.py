@@ -4,10 +4,11 @@
 
 For the same initial noise (seed), every sampler's images are compared with those of 1,000
 DDIM steps on every trained timestep (the probability-flow ODE solved finely;
-``--check-reference`` also prints how far the same on the Karras grid lands from it): the RMS pixel difference in [-1, 1] units (for stochastic
-samplers this also measures their own noise, so it cannot reach 0), and the Fréchet distance of
-the samples to the training images in TAESD features (needs no download). Prints a Markdown
-table, then the model's default against the best 50-step DDIM of the table.
+``--check-reference`` also prints how far the same on the Karras grid lands from it): the RMS
+pixel difference in [-1, 1] units (for stochastic samplers this also measures their own noise,
+so it cannot reach 0), and the Fréchet distance of the samples to the training images in TAESD
+features (needs no download). Prints a Markdown table, then the model's default against the
+best 50-step DDIM of the table.
 """
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.metrics import FrechetToReference, TAESDFeatures
 from catdiff.pipeline import Pipeline, pipeline_folder
 
-NFE_PER_STEP = {"heun": 2}
-
 
 def network_evaluations(sampler: str, steps: int) -> int:
-    """Heun evaluates twice per step, except on the last step to sigma = 0."""
-    return steps * NFE_PER_STEP.get(sampler, 1) - (1 if sampler == "heun" else 0)
+    """One a step; Heun evaluates twice per step, except on the last step to sigma = 0."""
+    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 def rms(a: Tensor, b: Tensor) -> float:

@@ -124,7 +124,8 @@ class FrechetToReference:
         if len(real) < 2:
             raise ValueError("Fréchet distance needs at least 2 images on each side")
         # (normalize: torchmetrics probes a custom extractor with a float image, not a uint8 one)
-        self.fid = torchmetrics_classes()[0](
+        frechet_inception_distance, _ = torchmetrics_classes()
+        self.fid = frechet_inception_distance(
             feature=features, reset_real_features=False, normalize=True, input_img_size=tuple(real.shape[1:])
         )
         self.batch_size = batch_size
@@ -147,7 +148,8 @@ def feature_distances(
     result = Distances(frechet=FrechetToReference(real, features, batch_size=batch_size)(fake))
     if kid:
         subset = min(len(real), len(fake), 1000)
-        kid_metric = torchmetrics_classes()[1](feature=features, subset_size=subset, reset_real_features=False)
+        _, kernel_inception_distance = torchmetrics_classes()
+        kid_metric = kernel_inception_distance(feature=features, subset_size=subset, reset_real_features=False)
         for images, is_real in ((real, True), (fake, False)):
             for batch in batches(images, batch_size):
                 kid_metric.update(batch, real=is_real)

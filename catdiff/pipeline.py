@@ -203,9 +203,9 @@ class Pipeline:
         labels = labels.to(self.device)
         return ClassifierFreeGuidance(self.network, labels, torch.full_like(labels, NULL_CLASS), guidance)
 
-    def sigmas(self, steps: int, spacing: SigmaSpacing | None = None) -> Tensor:
-        """The noise levels of a ``steps``-step sampler; the pipeline's default spacing if None."""
-        return self.schedule.sampling_sigmas(steps, spacing or self.sampling["spacing"])
+    def sigmas(self, steps: int | None = None, spacing: SigmaSpacing | None = None) -> Tensor:
+        """The noise levels of a ``steps``-step sampler; the pipeline's default steps and spacing if None."""
+        return self.schedule.sampling_sigmas(steps or self.sampling["steps"], spacing or self.sampling["spacing"])
 
     @torch.inference_mode()
     def sample(
@@ -279,7 +279,7 @@ class Pipeline:
         classes ``labels`` (``[B]``) if given: what :meth:`sample` runs per batch, and what a
         server runs on requests pooled together."""
         sample_fn = get_sampler(sampler or self.sampling["sampler"])
-        sigmas = self.sigmas(steps or self.sampling["steps"], spacing).to(self.device)
+        sigmas = self.sigmas(steps, spacing).to(self.device)
         denoise = Denoiser(
             self.guided_network(labels, guidance),
             self.schedule,
