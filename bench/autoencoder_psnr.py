@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from catdiff.autoencoders import load_autoencoder
-from catdiff.data import ImageFolder
+from catdiff.data.image_folder import ImageFolder
 from catdiff.images import save_grid
 
 

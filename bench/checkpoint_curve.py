@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from catdiff.checkpoints import checkpoint_dirs, read_config
-from catdiff.data import ImageFolder, uint8_to_float
+from catdiff.data.image_folder import ImageFolder, uint8_to_float
+from catdiff.io.checkpoints import checkpoint_dirs, read_config
 from catdiff.metrics import evaluate
 from catdiff.pipeline import Pipeline
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from catdiff.data import uint8_to_float
-from catdiff.mnist import Digits
+from catdiff.data.digits import Digits
+from catdiff.data.image_folder import uint8_to_float
 
 WEIGHTS = Path(__file__).parent / "weights" / "digit-classifier.safetensors"
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from catdiff.checkpoints import resolve_model_folder, write_model_folder
-from catdiff.data import uint8_to_float
+from catdiff.data.digits import PAD, Digits
+from catdiff.data.image_folder import uint8_to_float
 from catdiff.images import save_grid
-from catdiff.mnist import PAD, Digits
+from catdiff.io.checkpoints import resolve_model_folder, write_model_folder
 from catdiff.models import AutoencoderKL, build_model, model_config
 from catdiff.pipeline import load_network
 

@@ -24,10 +24,10 @@ import torch
 from digit_classifier import WEIGHTS, load_digit_classifier, predict
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from catdiff.data import uint8_to_float
+from catdiff.data.digits import Digits
+from catdiff.data.image_folder import uint8_to_float
 from catdiff.images import save_grid
 from catdiff.metrics import TAESDFeatures
-from catdiff.mnist import Digits
 from catdiff.pipeline import Pipeline, pipeline_folder
 
 GRID_COLUMNS = 10

@@ -25,18 +25,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from catdiff.models.clip_text import CLIPTextEncoder
-from catdiff.models.unet_sd import SDUNet
-from catdiff.models.unet_sd_keys import unet_state_to_compvis
+from catdiff.io.vae import vae_state_to_compvis
 from catdiff.models.vae import AutoencoderKL
-from catdiff.models.vae_keys import vae_state_to_compvis
-from catdiff.sd_checkpoint import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from catdiff.sd.checkpoint import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from catdiff.sd.text_encoder import CLIPTextEncoder
+from catdiff.sd.unet import SDUNet
+from catdiff.sd.unet_keys import unet_state_to_compvis
 
 GIB = 1024**3
 
 CHILD = """
 import json, sys, torch
-from catdiff.sd_checkpoint import load_stable_diffusion
+from catdiff.sd.checkpoint import load_stable_diffusion
 
 def status(field):
     # /proc/self/status fields, in bytes. VmHWM is the high-water mark of this process's RSS

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from catdiff.data import ImageFolder, uint8_to_float
+from catdiff.data.image_folder import ImageFolder, uint8_to_float
 from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.metrics import FrechetToReference, TAESDFeatures

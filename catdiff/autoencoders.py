@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from catdiff.checkpoints import load_state_strict, read_config, read_weights, write_model_folder
 from catdiff.errors import UserError
+from catdiff.io.checkpoints import load_state_strict, read_config, read_weights, write_model_folder
+from catdiff.io.vae import load_vae
 from catdiff.models import AutoencoderKL, build_model, model_config
 from catdiff.models.taesd import BUNDLED_WEIGHTS, DECODER_FILE, ENCODER_FILE, TAESD
-from catdiff.models.vae_keys import load_vae
 
 TAESD_FILES = (ENCODER_FILE, DECODER_FILE, "LICENSE")
 

@@ -13,7 +13,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
-from catdiff.checkpoints import (
+from catdiff.diffusion.conditioning import ClassifierFreeGuidance
+from catdiff.diffusion.denoiser import Denoiser
+from catdiff.diffusion.objective import Prediction
+from catdiff.diffusion.samplers import get_sampler
+from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
+from catdiff.errors import UserError
+from catdiff.io.checkpoints import (
     load_state_strict,
     read_config,
     read_format_json,
@@ -21,12 +27,6 @@ from catdiff.checkpoints import (
     resolve_model_folder,
     write_model_folder,
 )
-from catdiff.diffusion.denoiser import Denoiser
-from catdiff.diffusion.guidance import ClassifierFreeGuidance
-from catdiff.diffusion.objective import Prediction
-from catdiff.diffusion.samplers import get_sampler
-from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
-from catdiff.errors import UserError
 from catdiff.models import NULL_CLASS, build_model
 from catdiff.rerank import Scorer
 

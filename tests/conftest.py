@@ -20,7 +20,7 @@ import pytest
 import torch
 from synthetic import TINY_UNET, make_image_folder
 
-from catdiff.checkpoints import write_model_folder
+from catdiff.io.checkpoints import write_model_folder
 from catdiff.models import build_model, model_config
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"

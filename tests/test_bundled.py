@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from catdiff.checkpoints import read_weights
+from catdiff.io.checkpoints import read_weights
 from catdiff.pipeline import Pipeline, pipeline_folder
 
 # The red channel of seed 0's two images at 4 DDIM steps, averaged over 16x16-pixel blocks (8x8

@@ -1,4 +1,4 @@
-"""catdiff.data: image folders (readable files, modes, errors), random_hflip, real data."""
+"""catdiff.data.image_folder: image folders (readable files, modes, errors), random_hflip, real data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conftest import require_shared
 from PIL import Image
 from synthetic import make_messy_folder, noise_image
 
-from catdiff.data import ImageFolder, find_images, random_hflip
+from catdiff.data.image_folder import ImageFolder, find_images, random_hflip
 from catdiff.errors import UserError
 
 S = 16
@@ -32,13 +32,13 @@ def _names(root: Path, paths: list[Path]) -> set[str]:
 
 
 def _warnings(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "catdiff.data"]
+    return [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "catdiff.data.image_folder"]
 
 
 @pytest.mark.parametrize("preload", [False, True])
 def test_messy_folder_keeps_exactly_the_readable_images(messy, caplog, preload):
     root, readable, unreadable = messy
-    with caplog.at_level(logging.WARNING, logger="catdiff.data"):
+    with caplog.at_level(logging.WARNING, logger="catdiff.data.image_folder"):
         ds = ImageFolder(root, S, preload=preload, num_workers=2)
 
     assert _names(root, ds.paths) == readable

@@ -10,14 +10,14 @@ import torch
 from conftest import assert_one_line_error, catdiff, require_shared, write_tiny_model
 
 from catdiff.autoencoders import Autoencoder
-from catdiff.checkpoints import read_weights, write_model_folder
-from catdiff.diffusion.guidance import ClassifierFreeGuidance, drop_labels
+from catdiff.data.digits import Digits, is_digits_folder, split_digits, write_idx
+from catdiff.data.latent_cache import LatentCache, encode_folder
+from catdiff.diffusion.conditioning import ClassifierFreeGuidance, drop_labels
 from catdiff.errors import UserError
-from catdiff.latent_cache import LatentCache, encode_folder
-from catdiff.mnist import Digits, is_digits_folder, split_digits, write_idx
+from catdiff.io.checkpoints import read_weights, write_model_folder
 from catdiff.models import NULL_CLASS, ClassUNet, build_model, model_config
 from catdiff.pipeline import Pipeline, load_network, pipeline_folder
-from catdiff.train import TrainConfig, Trainer
+from catdiff.training.trainer import TrainConfig, Trainer
 
 TINY_CLASS_UNET = {
     "type": "class_unet",

@@ -14,7 +14,7 @@ from PIL import Image
 from synthetic import make_image_folder
 from test_rerank import save_tiny_clip
 
-from catdiff.checkpoints import read_weights
+from catdiff.io.checkpoints import read_weights
 from catdiff.pipeline import DEFAULT_SAMPLING, Pipeline
 from catdiff.rerank import EigenScorer
 

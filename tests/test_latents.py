@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from synthetic import make_image_folder
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
-from catdiff.latent_cache import LatentCache, shard_path
+from catdiff.data.latent_cache import LatentCache, shard_path
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
 from catdiff.pipeline import Pipeline
 

@@ -11,7 +11,7 @@ import torch
 from sd_tiny import write_single_file
 
 from catdiff.errors import UserError
-from catdiff.sd_checkpoint import load_stable_diffusion
+from catdiff.sd.checkpoint import load_stable_diffusion
 
 diffusers = pytest.importorskip("diffusers")
 

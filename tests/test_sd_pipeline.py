@@ -14,7 +14,7 @@ from PIL import Image
 from sd_tiny import SCHEDULE, compvis_state, tiny_reference_pipeline, write_single_file
 
 from catdiff.diffusion.samplers import SAMPLERS
-from catdiff.stable_diffusion import StableDiffusion
+from catdiff.sd.pipeline import StableDiffusion
 
 diffusers = pytest.importorskip("diffusers")
 

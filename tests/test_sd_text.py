@@ -10,7 +10,7 @@ import torch
 from sd_tiny import perturb, reference_tokenizer
 
 from catdiff.errors import UserError
-from catdiff.models.clip_text import (
+from catdiff.sd.text_encoder import (
     CLIPTextConfig,
     CLIPTextEncoder,
     CLIPTokenizer,

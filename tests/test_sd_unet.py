@@ -11,11 +11,11 @@ import torch
 from sd_tiny import perturb
 from test_vae import compvis_vae_shapes
 
-from catdiff.models.clip_text import CLIPTextConfig
-from catdiff.models.unet_sd import SDUNet, SDUNetConfig
-from catdiff.models.unet_sd_keys import infer_config, unet_state_from_compvis, unet_state_to_compvis
 from catdiff.models.vae import AutoencoderKLConfig
-from catdiff.sd_checkpoint import models_from_single_file
+from catdiff.sd.checkpoint import models_from_single_file
+from catdiff.sd.text_encoder import CLIPTextConfig
+from catdiff.sd.unet import SDUNet, SDUNetConfig
+from catdiff.sd.unet_keys import infer_config, unet_state_from_compvis, unet_state_to_compvis
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

@@ -13,7 +13,7 @@ from conftest import require_shared
 from safetensors.torch import load_file, save_file
 
 import catdiff
-from catdiff.data import ImageFolder, find_images
+from catdiff.data.image_folder import ImageFolder, find_images
 from catdiff.errors import UserError
 from catdiff.models.taesd import BUNDLED_WEIGHTS, DECODER_FILE, ENCODER_FILE, TAESD
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from synthetic import TINY_UNET, make_image_folder
 
-from catdiff.checkpoints import checkpoint_dirs
+from catdiff.io.checkpoints import checkpoint_dirs
 
 N = 5  # checkpoint interval; runs are 2N steps
 
@@ -138,8 +138,8 @@ def test_preview_grid_is_written(data: Path, tmp_path: Path) -> None:
 
 def test_gradient_accumulation_equals_the_larger_batch(data: Path, tmp_path: Path) -> None:
     """2 rounds of batch 4 and one round of batch 8 take the same optimizer steps."""
-    from catdiff.data import ImageFolder
-    from catdiff.train import TrainConfig, Trainer
+    from catdiff.data.image_folder import ImageFolder
+    from catdiff.training.trainer import TrainConfig, Trainer
 
     images = ImageFolder(data, 16).load_all()
     weights = []

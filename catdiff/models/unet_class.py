@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from catdiff.models.unet_sd import SDUNet, SDUNetConfig
+from catdiff.sd.unet import SDUNet, SDUNetConfig
 
 __all__ = ["NULL_CLASS", "ClassUNet", "ClassUNetConfig"]
 

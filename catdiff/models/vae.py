@@ -8,7 +8,7 @@ N(0, I)).
 
 The parameter names mirror diffusers' ``AutoencoderKL`` (``encoder.down_blocks.0.resnets.0.norm1``,
 ``encoder.mid_block.attentions.0.to_q``, ``quant_conv``, ...), so a diffusers ``vae/`` folder loads
-with no remapping; ``catdiff.models.vae_keys`` maps the CompVis names of SD single files.
+with no remapping; ``catdiff.io.vae`` maps the CompVis names of SD single files.
 
 Conventions: images are float NCHW in [-1, 1]; ``encode`` gives the posterior over *unscaled*
 latents and ``decode`` takes unscaled latents, as in the papers and in diffusers.

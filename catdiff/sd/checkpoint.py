@@ -31,22 +31,22 @@ from torch import Tensor
 
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.errors import UserError
-from catdiff.models import vae_keys
-from catdiff.models.clip_text import (
+from catdiff.io import vae as vae_keys
+from catdiff.io.state_dicts import assign_weights, read_state_file
+from catdiff.models.vae import AutoencoderKL
+from catdiff.sd.text_encoder import (
     CLIPTextConfig,
     CLIPTextEncoder,
     clip_config_from_state,
     clip_state_from_transformers,
 )
-from catdiff.models.unet_sd import SDUNet, SDUNetConfig
-from catdiff.models.unet_sd_keys import (
+from catdiff.sd.unet import SDUNet, SDUNetConfig
+from catdiff.sd.unet_keys import (
     compvis_key_namer,
     config_from_diffusers,
     infer_config,
     unet_state_from_compvis,
 )
-from catdiff.models.vae import AutoencoderKL
-from catdiff.state_dicts import assign_weights, read_state_file
 
 __all__ = ["SD1_SCHEDULE", "StableDiffusionModels", "load_stable_diffusion", "models_from_single_file"]
 

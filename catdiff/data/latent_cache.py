@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from catdiff.checkpoints import read_format_json
-from catdiff.data import ImageFolder
+from catdiff.data.digits import Digits
+from catdiff.data.image_folder import ImageFolder
 from catdiff.errors import UserError
-from catdiff.mnist import Digits
+from catdiff.io.checkpoints import read_format_json
 
 log = logging.getLogger(__name__)
 

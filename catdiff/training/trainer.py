@@ -24,7 +24,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
-from catdiff.checkpoints import (
+from catdiff.data.image_folder import random_hflip, uint8_to_float
+from catdiff.diffusion.conditioning import drop_labels
+from catdiff.diffusion.objective import PREDICTIONS
+from catdiff.diffusion.schedule import NoiseSchedule
+from catdiff.errors import UserError
+from catdiff.images import save_grid
+from catdiff.io.checkpoints import (
     checkpoint_dirs,
     load_state_strict,
     read_config,
@@ -32,15 +38,9 @@ from catdiff.checkpoints import (
     read_weights,
     save_checkpoint,
 )
-from catdiff.data import random_hflip, uint8_to_float
-from catdiff.diffusion.guidance import drop_labels
-from catdiff.diffusion.objective import PREDICTIONS
-from catdiff.diffusion.schedule import NoiseSchedule
-from catdiff.ema import EMA
-from catdiff.errors import UserError
-from catdiff.images import save_grid
 from catdiff.models import NULL_CLASS, AutoencoderKL, ClassUNet, build_model, model_config
-from catdiff.tasks import AutoencoderTask, DiffusionTask, Task
+from catdiff.training.ema import EMA
+from catdiff.training.tasks import AutoencoderTask, DiffusionTask, Task
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def class_labels(network: torch.nn.Module, labels: Tensor | None) -> Tensor | No
 
 class Trainer:
     """Trains a model on a tensor dataset of images or latents: a denoiser, or an autoencoder
-    (the task is chosen by the model, see :mod:`catdiff.tasks`)."""
+    (the task is chosen by the model, see :mod:`catdiff.training.tasks`)."""
 
     def __init__(
         self,

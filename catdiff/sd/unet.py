@@ -10,7 +10,7 @@ The module tree mirrors diffusers' ``UNet2DConditionModel`` as SD-1.x configures
 (``conv_in``, ``time_embedding``, ``down_blocks.{i}.resnets/attentions/downsamplers``,
 ``mid_block``, ``up_blocks``, ``conv_norm_out``, ``conv_out``; each attention block a
 ``Transformer2DModel`` with 1x1-conv ``proj_in``/``proj_out``), so a diffusers ``unet/`` folder
-loads with no remapping; :mod:`catdiff.models.unet_sd_keys` maps the CompVis names.
+loads with no remapping; :mod:`catdiff.sd.unet_keys` maps the CompVis names.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from catdiff.data import uint8_to_float
+from catdiff.data.image_folder import uint8_to_float
 from catdiff.errors import UserError
 
 __all__ = ["Digits", "is_digits_folder", "split_digits"]

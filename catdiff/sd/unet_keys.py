@@ -1,6 +1,6 @@
 """SD-1.x U-Net weights: the CompVis <-> diffusers key map, and configs from files.
 
-Our parameter names are diffusers' (:mod:`catdiff.models.unet_sd`). CompVis single files
+Our parameter names are diffusers' (:mod:`catdiff.sd.unet`). CompVis single files
 (``ldm/modules/diffusionmodules/openaimodel.py``, under ``model.diffusion_model.``) number
 their blocks in execution order instead of by level. With ``L = layers_per_block``:
 
@@ -34,7 +34,7 @@ from typing import Any
 from torch import Tensor
 
 from catdiff.errors import UserError
-from catdiff.models.unet_sd import SDUNetConfig
+from catdiff.sd.unet import SDUNetConfig
 
 __all__ = [
     "COMPVIS_PREFIX",

@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from catdiff.checkpoints import read_config, read_weights
 from catdiff.errors import UserError
+from catdiff.io.checkpoints import read_config, read_weights
+from catdiff.io.state_dicts import assign_weights, read_state_file
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
-from catdiff.state_dicts import assign_weights, read_state_file
 
 __all__ = [
     "COMPVIS_PREFIX",

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from catdiff.data import uint8_to_float
+from catdiff.data.image_folder import uint8_to_float
 from catdiff.diffusion.objective import Prediction, min_snr_weight, training_target
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.models import AutoencoderKL

@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from catdiff.diffusion.conditioning import ClassifierFreeGuidance
 from catdiff.diffusion.denoiser import Denoiser
-from catdiff.diffusion.guidance import ClassifierFreeGuidance
 from catdiff.diffusion.samplers import SAMPLERS, Callback, get_sampler
 from catdiff.diffusion.schedule import SIGMA_SPACINGS, NoiseSchedule, SigmaSpacing
 from catdiff.errors import UserError
-from catdiff.models.clip_text import CLIPTextEncoder, CLIPTokenizer, open_clip_vocabulary
-from catdiff.models.unet_sd import SDUNet
 from catdiff.models.vae import AutoencoderKL
-from catdiff.sd_checkpoint import load_stable_diffusion
+from catdiff.sd.checkpoint import load_stable_diffusion
+from catdiff.sd.text_encoder import CLIPTextEncoder, CLIPTokenizer, open_clip_vocabulary
+from catdiff.sd.unet import SDUNet
 
 __all__ = ["PRECISIONS", "StableDiffusion", "add_txt2img_parser", "run_txt2img"]
 
