@@ -597,7 +597,7 @@ def build_parser() -> Parser:
     add_generate_parser(commands)
     add_eval_parser(commands)
     add_serve_parser(commands)
-    from catdiff.sd.pipeline import add_txt2img_parser  # here, not above: it imports helpers from this module
+    from catdiff.cli.txt2img import add_txt2img_parser  # here, not above: it imports helpers from this module
 
     add_txt2img_parser(commands)
     return parser

@@ -14,8 +14,6 @@ just sees ``denoise(x, sigma) -> x0``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,15 +22,15 @@ from torch import Tensor
 
 from catdiff.diffusion.conditioning import ClassifierFreeGuidance
 from catdiff.diffusion.denoiser import Denoiser
-from catdiff.diffusion.samplers import SAMPLERS, Callback, get_sampler
-from catdiff.diffusion.schedule import SIGMA_SPACINGS, NoiseSchedule, SigmaSpacing
+from catdiff.diffusion.samplers import Callback, get_sampler
+from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
 from catdiff.errors import UserError
 from catdiff.models.vae import AutoencoderKL
 from catdiff.sd.checkpoint import load_stable_diffusion
 from catdiff.sd.text_encoder import CLIPTextEncoder, CLIPTokenizer, open_clip_vocabulary
 from catdiff.sd.unet import SDUNet
 
-__all__ = ["PRECISIONS", "StableDiffusion", "add_txt2img_parser", "run_txt2img"]
+__all__ = ["PRECISIONS", "StableDiffusion"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -174,96 +172,3 @@ class StableDiffusion:
         if height % f or width % f or height < f or width < f:
             raise UserError(f"image sides must be positive multiples of {f}, got {height} x {width}")
         return height // f, width // f
-
-
-# --- the command line ---------------------------------------------------------------------------
-
-
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
-def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 1000, got {value}")
-    return value
-
-
-def add_txt2img_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "txt2img",
-        help="Stable Diffusion 1.x: an image from a prompt (or from an image, with --init-image)",
-        description=(
-            "Text-to-image (and image-to-image) with an SD-1.x checkpoint: a CompVis .safetensors/.ckpt "
-            "single file (v1-5-pruned-emaonly and fine-tunes) or a diffusers folder. Nothing is downloaded."
-        ),
-    )
-    p.add_argument("checkpoint", type=Path, help="SD-1.x .safetensors/.ckpt file or diffusers folder")
-    p.add_argument("prompt", help="what to draw")
-    p.add_argument("--out", type=Path, default=Path("txt2img.png"), help="PNG to write")
-    p.add_argument("--negative", default="", help="negative prompt: what to steer away from")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (1: none)")
-    p.add_argument("--steps", type=_steps, default=30, help="sampler steps")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp_2m")
-    p.add_argument("--spacing", choices=SIGMA_SPACINGS, default="trailing", help="the sigma grid")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same image")
-    p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's, 512)")
-    p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's, 512)")
-    p.add_argument("--init-image", type=Path, help="image-to-image: start from this picture")
-    p.add_argument("--strength", type=_strength, default=0.75, help="image-to-image: how much to change, (0, 1]")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weights' dtype (fp16 halves the memory)")
-    p.set_defaults(run=run_txt2img)
-
-
-def _read_init_image(path: Path, size: tuple[int, int] | None) -> Tensor:
-    """The picture as ``[1, 3, H, W]`` in [-1, 1], resized to ``size`` or cut down to multiples of 8."""
-    from PIL import Image, UnidentifiedImageError
-
-    from catdiff.images import from_pil
-
-    try:
-        image = Image.open(path).convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
-        raise UserError(f"cannot read --init-image {path}: {error}") from None
-    width, height = (size[1], size[0]) if size else (image.width // 8 * 8, image.height // 8 * 8)
-    if (width, height) != image.size:
-        image = image.resize((max(width, 8), max(height, 8)), Image.Resampling.LANCZOS)
-    return from_pil(image)[None]
-
-
-def run_txt2img(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from catdiff.cli import check_writable
-    from catdiff.images import to_pil
-
-    check_writable(args.out)
-    if args.init_image is not None and not args.init_image.is_file():
-        raise UserError(f"no such file: --init-image {args.init_image}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sd = StableDiffusion.from_checkpoint(args.checkpoint, dtype=PRECISIONS[args.precision], device=device)
-    size = (args.height or sd.default_size, args.width or sd.default_size)
-    img2img = args.init_image is not None
-    init = _read_init_image(args.init_image, size if args.width or args.height else None) if img2img else None
-    options = {"negative_prompt": args.negative, "guidance": args.guidance, "steps": args.steps, "seed": args.seed}
-    options.update(sampler=args.sampler, spacing=args.spacing)
-    steps = int(args.steps * args.strength) if img2img else args.steps
-    with tqdm(total=steps, desc="sampling", disable=not sys.stderr.isatty()) as bar:
-        options.update(callback=lambda info: bar.update())
-        if init is not None:
-            image = sd.image_to_image(init, args.prompt, strength=args.strength, **options)
-        else:
-            image = sd.text_to_image(args.prompt, size=size, **options)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(image)[0].save(args.out)
-    print(f"wrote {args.out} ({args.sampler}, {args.steps} steps, guidance {args.guidance}, seed {args.seed})")
