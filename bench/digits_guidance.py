@@ -81,10 +81,10 @@ def main() -> None:
         rows.append({"scale": "training digits", "accuracy": accuracy, "fd": fd})
         print(f"training digits: accuracy {accuracy:.1%}, FD {fd:.3f}")
     for scale in args.scales:
-        condition = {"labels": labels, "guidance": scale} if scale > 0 else {}  # w = 0: the unconditional model
+        condition = pipeline.class_condition(labels, scale) if scale > 0 else None  # w = 0: the unconditional model
         start = time.perf_counter()
         samples = pipeline.sample(
-            len(labels), steps=steps, sampler=sampler, seed=args.seed, batch_size=100, **condition
+            len(labels), steps=steps, sampler=sampler, seed=args.seed, batch_size=100, condition=condition
         )
         seconds = time.perf_counter() - start
         correct = predict(classifier, samples) == labels

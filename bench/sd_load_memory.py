@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from catdiff.io.vae import vae_state_to_compvis
+from catdiff.io.vae_keys import vae_state_to_compvis
 from catdiff.models.vae import AutoencoderKL
 from catdiff.sd.checkpoint import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
 from catdiff.sd.text_encoder import CLIPTextEncoder

@@ -1,14 +1,15 @@
 """Autoencoders in diffusion terms: images in [-1, 1] <-> diffusion-ready latents.
 
 One interface over the bundled TAESD and AutoencoderKL (SD-1.x VAE files, diffusers folders,
-or ones we train), with a fingerprint of the weights so that a latent cache or a model can
-say exactly which autoencoder its latents belong to.
+or ones we train): each module has ``encode_latents``/``decode_latents``, ``latent_channels``,
+``downsampling_factor`` and a ``kind``, with a fingerprint of the weights so that a latent cache
+or a model can say exactly which autoencoder its latents belong to.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from catdiff.errors import UserError
-from catdiff.io.checkpoints import load_state_strict, read_config, read_weights, write_model_folder
-from catdiff.io.vae import load_vae
-from catdiff.models import AutoencoderKL, build_model, model_config
-from catdiff.models.taesd import BUNDLED_WEIGHTS, DECODER_FILE, ENCODER_FILE, TAESD
+from catdiff.io.taesd import is_taesd_folder, load_taesd, save_taesd
+from catdiff.io.vae import load_vae, save_vae
+from catdiff.models import AutoencoderKL
+from catdiff.models.taesd import TAESD
 
-TAESD_FILES = (ENCODER_FILE, DECODER_FILE, "LICENSE")
+#: How each kind of autoencoder writes a folder that :func:`load_autoencoder` reads back.
+SAVERS: dict[str, Callable[[Any, Path], Path]] = {TAESD.kind: save_taesd, AutoencoderKL.kind: save_vae}
 
 
 def fingerprint(module: nn.Module) -> str:
@@ -36,7 +38,8 @@ def fingerprint(module: nn.Module) -> str:
 
 @dataclass
 class Autoencoder:
-    """A TAESD or AutoencoderKL with ``encode``/``decode`` in diffusion-ready latents."""
+    """A TAESD or AutoencoderKL with ``encode``/``decode`` in diffusion-ready float32 latents,
+    whatever the module's own dtype."""
 
     module: TAESD | AutoencoderKL
 
@@ -46,7 +49,11 @@ class Autoencoder:
 
     @property
     def kind(self) -> str:
-        return "taesd" if isinstance(self.module, TAESD) else "autoencoder_kl"
+        return self.module.kind
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
 
     @property
     def latent_channels(self) -> int:
@@ -61,16 +68,14 @@ class Autoencoder:
         return {"type": self.kind, "weights": fingerprint(self.module)}
 
     def encode(self, images: Tensor) -> Tensor:
-        images = images.contiguous(memory_format=torch.channels_last)
-        if isinstance(self.module, TAESD):
-            return self.module.encode(images).contiguous()
-        return self.module.encode_latents(images).contiguous()
+        """Images in [-1, 1] -> float32 latents."""
+        images = images.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.module.encode_latents(images).float().contiguous()
 
     def decode(self, latents: Tensor) -> Tensor:
-        latents = latents.contiguous(memory_format=torch.channels_last)
-        if isinstance(self.module, TAESD):
-            return self.module.decode(latents).contiguous()
-        return self.module.decode_latents(latents).contiguous()
+        """Latents (any float dtype) -> float32 images in about [-1, 1]."""
+        latents = latents.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.module.decode_latents(latents).float().contiguous()
 
     def to(self, device: torch.device | str) -> Autoencoder:
         self.module.to(device)
@@ -78,28 +83,15 @@ class Autoencoder:
 
     def save(self, folder: Path) -> Path:
         """Write a self-contained copy that :func:`load_autoencoder` reads back."""
-        folder.mkdir(parents=True, exist_ok=True)
-        if isinstance(self.module, TAESD):
-            for name in TAESD_FILES:
-                shutil.copyfile(BUNDLED_WEIGHTS / name, folder / name)
-            return folder
-        return write_model_folder(folder, {"model": model_config(self.module)}, self.module.state_dict())
+        return SAVERS[self.kind](self.module, folder)
 
 
 def load_autoencoder(spec: str | Path) -> Autoencoder:
     """``"taesd"`` (the bundled copy), a TAESD folder, a catdiff autoencoder folder, or any
-    SD-1.x VAE that :func:`catdiff.models.vae_keys.load_vae` reads."""
+    SD-1.x VAE that :func:`catdiff.io.vae.load_vae` reads."""
     if str(spec) == "taesd":
-        return Autoencoder(TAESD.from_pretrained())
+        return Autoencoder(load_taesd())
     path = Path(spec)
     if not path.exists():
         raise UserError(f"autoencoder not found: {path} (give 'taesd', a VAE file or a folder)")
-    if (path / ENCODER_FILE).is_file():
-        return Autoencoder(TAESD.from_pretrained(path))
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        module = build_model(read_config(path)["model"])
-        if not isinstance(module, AutoencoderKL):
-            raise UserError(f"{path} holds a {type(module).__name__}, not an autoencoder")
-        load_state_strict(module, read_weights(path, ema=True), path)
-        return Autoencoder(module.eval())
-    return Autoencoder(load_vae(path).eval())
+    return Autoencoder(load_taesd(path) if is_taesd_folder(path) else load_vae(path))

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from catdiff.data.image_folder import ImageFolder, uint8_to_float
 from catdiff.errors import UserError
+from catdiff.io.taesd import load_taesd
 from catdiff.models.taesd import TAESD
 
 FEATURE_SIZE = 64  # images are compared at this side, in pixels
@@ -51,7 +53,7 @@ class TAESDFeatures(nn.Module):
 
     def __init__(self, taesd: TAESD | None = None) -> None:
         super().__init__()
-        encoder = (taesd or TAESD.from_pretrained()).encoder
+        encoder = (taesd or load_taesd()).encoder
         self.layers = nn.Sequential(*list(encoder)[: self.TAPS[-1] + 1]).eval().requires_grad_(False)
 
     @torch.inference_mode()
@@ -221,4 +223,56 @@ def evaluate(
             sample_nearest_median=float(found.sample_nearest.median()),
             heldout_nearest_median=float(found.heldout_nearest.median()),
         )
+    return report
+
+
+def read_images(folder: Path, *, at_most: int | None = None) -> Tensor:
+    """A folder's images at 64 px as float NCHW in [-1, 1]; at most ``at_most`` of them, evenly spaced."""
+    images = ImageFolder(folder, FEATURE_SIZE, preload=True).images
+    if at_most is not None:
+        images = images[:: max(1, -(-len(images) // at_most))]
+    return uint8_to_float(images)
+
+
+def is_sample_folder(spec: str | Path) -> bool:
+    """Whether ``spec`` is a folder of images rather than a model (a bundled model's name, or a
+    pipeline, model, checkpoint or run folder)."""
+    from catdiff.pipeline import BUNDLED_PIPELINES
+
+    path = Path(spec)
+    model_files = ("pipeline.json", "config.json", "checkpoints")
+    return str(spec) not in BUNDLED_PIPELINES and path.is_dir() and not any((path / f).exists() for f in model_files)
+
+
+def evaluation_samples(
+    spec: str | Path, *, n: int = 500, device: str | torch.device = "cpu", **sampling: Any
+) -> Tensor:
+    """The images to evaluate, float NCHW in [-1, 1] on the CPU: a folder of images, or ``n``
+    images that a model samples on ``device`` (``sampling`` goes to ``Pipeline.sample``)."""
+    if is_sample_folder(spec):
+        return read_images(Path(spec))
+    from catdiff.pipeline import BUNDLED_PIPELINES, Pipeline, pipeline_folder
+
+    folder = pipeline_folder(spec) if str(spec) in BUNDLED_PIPELINES else Path(spec)
+    return Pipeline.from_folder(folder, device=device).sample(n, progress=None, **sampling).cpu()
+
+
+def evaluate_folders(
+    samples: str | Path,
+    train: Path,
+    heldout: Path | None = None,
+    *,
+    max_train: int = 2000,
+    inception: Path | None = None,
+    **sampling: Any,
+) -> dict[str, Any]:
+    """:func:`evaluate` on folders: the samples of :func:`evaluation_samples` (given ``sampling``)
+    against at most ``max_train`` training images; FID and KID proper with an ``inception`` weights
+    file, the TAESD features' Fréchet distance without."""
+    features = InceptionPool3(inception) if inception is not None else None
+    train_images = read_images(train, at_most=max_train)
+    heldout_images = read_images(heldout) if heldout is not None else None
+    images = evaluation_samples(samples, **sampling)
+    report: dict[str, Any] = evaluate(images, train_images, heldout_images, features=features, kid=features is not None)
+    report["features"] = "taesd" if features is None else "inception"
     return report

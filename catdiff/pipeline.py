@@ -1,49 +1,53 @@
-"""Sampling: noise -> denoiser + schedule + sampler -> images. The library's one entry point."""
+"""The sampling core: seeds -> start noise -> denoiser + condition + sampler -> decoder -> images.
+
+Every model samples through :class:`Pipeline`: the bundled cats and digits, trained runs and
+Stable Diffusion (:mod:`catdiff.sd.pipeline` builds one around its U-Net and VAE). What the
+images are conditioned on is a :mod:`~catdiff.diffusion.conditioning` object; a sampler's own
+options are a separate mapping, checked against what that sampler accepts. Image ``i`` of a call
+with seed ``S`` is the image of seed ``S + i`` (EDM's convention), whatever the batching.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
-from catdiff.diffusion.conditioning import ClassifierFreeGuidance
+from catdiff.diffusion.conditioning import Condition, GuidedCondition, Unconditional
 from catdiff.diffusion.denoiser import Denoiser
+from catdiff.diffusion.noise import image_generators, standard_normal
 from catdiff.diffusion.objective import Prediction
-from catdiff.diffusion.samplers import get_sampler
-from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
+from catdiff.diffusion.samplers import Callback, check_options, get_sampler
+from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing, vp_to_ve
 from catdiff.errors import UserError
-from catdiff.io.checkpoints import (
-    load_state_strict,
-    read_config,
-    read_format_json,
-    read_weights,
-    resolve_model_folder,
-    write_model_folder,
-)
+from catdiff.io.checkpoints import read_config, read_weights, resolve_model_folder, write_model_folder
+from catdiff.io.json_files import read_json, write_json
+from catdiff.io.state_dicts import load_state_strict
 from catdiff.models import NULL_CLASS, build_model
-from catdiff.rerank import Scorer
 
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: The dtypes of each precision: of the autocast of network evaluations, or of stored weights.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+Scorer = Callable[[Tensor], Tensor]  # images -> one score each, higher is better (catdiff.rerank)
 
 
 def _read_pipeline_json(folder: Path) -> dict[str, Any]:
-    return read_format_json(folder / PIPELINE_FILE, PIPELINE_FORMAT, "pipeline folder")
+    return read_json(folder / PIPELINE_FILE, format=PIPELINE_FORMAT, what="pipeline folder")
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """Mixed precision for the network's evaluations; the sampler's own arithmetic stays fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
 PIPELINE_FORMAT = "catdiff.pipeline/1"
@@ -165,7 +169,7 @@ class Pipeline:
         description["sampling"] = self.sampling
         if self.autoencoder is not None:
             self.autoencoder.save(folder / AUTOENCODER_DIR)
-        (folder / PIPELINE_FILE).write_text(json.dumps({"format": PIPELINE_FORMAT, **description}, indent=2) + "\n")
+        write_json(folder / PIPELINE_FILE, {"format": PIPELINE_FORMAT, **description})
         return folder
 
     @property
@@ -182,124 +186,150 @@ class Pipeline:
         """The default classifier-free guidance scale of a class-conditional pipeline."""
         return self.sampling.get("guidance", 1.0)
 
-    def check_condition(self, labels: Tensor | None, guidance: float) -> None:
-        """Refuse class labels or guidance that this pipeline cannot use (a :class:`UserError`)."""
-        if guidance < 0:
-            raise UserError(f"guidance must be at least 0, got {guidance}")
-        if labels is None:
-            if guidance != 1:
-                raise UserError("guidance needs class labels (and a class-conditional model)")
-            return
+    def class_condition(self, labels: Sequence[int] | Tensor, guidance: float | None = None) -> GuidedCondition:
+        """Image ``i`` of class ``labels[i]``, guided at ``guidance`` (default: the pipeline's;
+        1: the conditional model, 0: the unconditional one; Ho & Salimans 2022). Labels or
+        guidance that this pipeline cannot use are a :class:`UserError`."""
+        guidance = self.guidance if guidance is None else guidance
+        if not math.isfinite(guidance) or guidance < 0:
+            raise UserError(f"guidance must be a finite number of at least 0, got {guidance}")
         if self.num_classes is None:
             raise UserError("this model is not class-conditional: it takes no class or guidance")
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         wrong = labels[(labels < 0) | (labels >= self.num_classes)]
         if len(wrong):
             raise UserError(f"class must be between 0 and {self.num_classes - 1} for this model, got {wrong[0].item()}")
-
-    def guided_network(self, labels: Tensor | None, guidance: float) -> Callable[..., Tensor]:
-        """The network of the denoiser: plain, or guided towards ``labels`` (Ho & Salimans 2022)."""
-        if labels is None:
-            return self.network
-        labels = labels.to(self.device)
-        return ClassifierFreeGuidance(self.network, labels, torch.full_like(labels, NULL_CLASS), guidance)
+        return GuidedCondition(labels, torch.full_like(labels, NULL_CLASS), guidance)
 
     def sigmas(self, steps: int | None = None, spacing: SigmaSpacing | None = None) -> Tensor:
         """The noise levels of a ``steps``-step sampler; the pipeline's default steps and spacing if None."""
         return self.schedule.sampling_sigmas(steps or self.sampling["steps"], spacing or self.sampling["spacing"])
+
+    def denoiser(self, condition: Condition) -> Denoiser:
+        """``denoise(x, sigma) -> x0`` of the network bound to ``condition``."""
+        return Denoiser(
+            condition.guide(self.network),
+            self.schedule,
+            self.prediction,
+            clip_x0=self.clip_x0,
+            dynamic_percentile=self.dynamic_percentile,
+        )
 
     @torch.inference_mode()
     def sample(
         self,
         n: int,
         *,
-        steps: int | None = None,
-        sampler: str | None = None,
-        spacing: SigmaSpacing | None = None,
         seed: int = 0,
-        labels: Sequence[int] | Tensor | None = None,
-        guidance: float = 1.0,
+        condition: Condition | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        spacing: SigmaSpacing | None = None,
+        sampler_options: Mapping[str, Any] | None = None,
         batch_size: int = 16,
         precision: Precision = "fp32",
         progress: bool | None = False,
-        callback: Callable[..., None] | None = None,
-        **sampler_options: Any,
+        callback: Callback | None = None,
     ) -> Tensor:
-        """``n`` samples as float NCHW in [-1, 1]; the same seed gives the same images.
+        """``n`` samples as float NCHW in [-1, 1]; image ``i`` is the image of seed ``seed + i``.
 
-        ``steps``, ``sampler`` and ``spacing`` default to the pipeline's (:attr:`sampling`).
-        A class-conditional pipeline draws sample ``i`` of class ``labels[i]`` with guidance
-        scale ``guidance`` (1: the conditional model, 0: the unconditional one), or, without
-        labels, unconditional samples. ``progress=None`` shows a bar only on a terminal.
+        ``condition`` covers the ``n`` images (e.g. :meth:`class_condition`); unconditional if
+        None. ``sampler``, ``steps`` and ``spacing`` default to the pipeline's (:attr:`sampling`);
+        ``sampler_options`` go to the sampler (e.g. ``{"eta": 0.5}`` for DDIM). ``progress=None``
+        shows a bar only on a terminal.
         """
         if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).expand(n)
-        self.check_condition(labels, guidance)
+            raise UserError(f"n must be at least 1, got {n}")
+        condition = condition or Unconditional()
         steps = steps or self.sampling["steps"]
-        generator = torch.Generator().manual_seed(seed)
+        settings = {"sampler": sampler, "steps": steps, "spacing": spacing, "sampler_options": sampler_options}
         images = []
-        with tqdm(
-            total=n * steps,
-            disable=None if progress is None else not progress,
-            desc="sampling",
-            unit="step",
-            unit_scale=1 / n,
-        ) as bar:
-
-            def on_step(*args: Any, **kwargs: Any) -> None:
-                bar.update(len(noise))
-                if callback is not None:
-                    callback(*args, **kwargs)
-
+        disable = None if progress is None else not progress
+        with tqdm(total=n * steps, disable=disable, desc="sampling", unit="step", unit_scale=1 / n) as bar:
             for start in range(0, n, batch_size):
-                noise = torch.randn(min(batch_size, n - start), *self.sample_shape, generator=generator)
-                options = {"steps": steps, "sampler": sampler, "spacing": spacing, "precision": precision}
-                options.update(labels=None if labels is None else labels[start : start + len(noise)], guidance=guidance)
+                stop = min(n, start + batch_size)
+
+                def on_step(info: Any, size: int = stop - start) -> None:
+                    bar.update(size)
+                    if callback is not None:
+                        callback(info)
+
+                generators = image_generators(range(seed + start, seed + stop))
+                part = condition.take(slice(start, stop))
                 images.append(
-                    self.sample_from_noise(noise, generator=generator, callback=on_step, **options, **sampler_options)
+                    self.sample_batch(generators, condition=part, precision=precision, callback=on_step, **settings)
                 )
         return torch.cat(images)
 
     @torch.inference_mode()
-    def sample_from_noise(
+    def sample_batch(
         self,
-        noise: Tensor,
+        generators: Sequence[torch.Generator],
         *,
-        steps: int | None = None,
+        condition: Condition | None = None,
         sampler: str | None = None,
+        steps: int | None = None,
         spacing: SigmaSpacing | None = None,
-        generator: torch.Generator | None = None,
-        labels: Tensor | None = None,
-        guidance: float = 1.0,
+        sampler_options: Mapping[str, Any] | None = None,
         precision: Precision = "fp32",
-        callback: Callable[..., None] | None = None,
-        **sampler_options: Any,
+        callback: Callback | None = None,
+        shape: Sequence[int] | None = None,
+        init: Tensor | None = None,
+        strength: float = 1.0,
     ) -> Tensor:
-        """One batch of images from given unit-variance start noise (``[B, *sample_shape]``), of
-        classes ``labels`` (``[B]``) if given: what :meth:`sample` runs per batch, and what a
-        server runs on requests pooled together."""
-        sample_fn = get_sampler(sampler or self.sampling["sampler"])
-        sigmas = self.sigmas(steps, spacing).to(self.device)
-        denoise = Denoiser(
-            self.guided_network(labels, guidance),
-            self.schedule,
-            self.prediction,
-            clip_x0=self.clip_x0,
-            dynamic_percentile=self.dynamic_percentile,
-        )
-        x = noise.to(self.device) * (1 + sigmas[0] ** 2).sqrt().float()
+        """One batch, image ``i`` drawn from ``generators[i]`` alone: its start noise
+        ``torch.randn(shape, generator=generators[i])`` first, then every per-step draw of the
+        sampler in order. What :meth:`sample` runs per batch and a server runs on pooled requests.
+
+        ``shape`` overrides :attr:`sample_shape`. With ``init`` (clean latents, ``[B, *shape]``),
+        SDEdit (Meng et al. 2021): noise them to the level ``1 - strength`` of the way along the
+        grid and run the ``int(steps * strength)`` steps left from there.
+        """
+        name = sampler or self.sampling["sampler"]
+        options = dict(sampler_options or {})
+        check_options(name, options)
+        sample_fn = get_sampler(name)
+        sigmas = self.sigmas(steps, spacing)
+        if init is None:
+            shape = (len(generators), *(shape or self.sample_shape))
+            x = vp_to_ve(standard_normal(shape, generators, device=self.device), sigmas[0])
+        else:
+            sigmas = sigmas[len(sigmas) - 1 - sdedit_steps(len(sigmas) - 1, strength) :]
+            x = init.float() + float(sigmas[0]) * standard_normal(init.shape, generators, device=self.device)
         with autocast(self.device, precision):
-            x = sample_fn(denoise, x, sigmas, generator=generator, callback=callback, **sampler_options)
-        if self.autoencoder is not None:
-            x = self.autoencoder.decode(x.float())
+            x = sample_fn(
+                self.denoiser(condition or Unconditional()),
+                x,
+                sigmas.to(self.device),
+                generator=generators,
+                callback=callback,
+                **options,
+            )
+        return self.decode(x)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Samples -> images in [-1, 1] (float32), through the autoencoder of latent models."""
+        x = latents.float() if self.autoencoder is None else self.autoencoder.decode(latents.float())
         return x.float().clamp(-1, 1)
 
-    def best_of(self, candidates: int, keep: int, scorer: Scorer, **options: Any) -> tuple[Tensor, Tensor]:
+    def best_of(self, candidates: int, keep: int, scorer: Scorer, **options: Any) -> tuple[Tensor, Tensor, Tensor]:
         """Best-of-N: ``candidates`` samples made in one batch and ranked by ``scorer``; returns
-        the best ``keep`` images and their scores, best first. ``options`` go to :meth:`sample`."""
+        the best ``keep`` images, their scores and their indices among the candidates (so
+        their seeds are ``seed + indices``), best first. ``options`` go to :meth:`sample`."""
         if not 1 <= keep <= candidates:
-            raise ValueError(f"keep must be between 1 and the {candidates} candidates, got {keep}")
+            raise UserError(f"keep must be between 1 and the {candidates} candidates, got {keep}")
         images = self.sample(candidates, batch_size=candidates, **options)
         scores = scorer(images)
         order = scores.argsort(descending=True)[:keep]
-        return images[order], scores[order]
+        return images[order], scores[order], order
+
+
+def sdedit_steps(steps: int, strength: float) -> int:
+    """The steps SDEdit runs of a ``steps``-step grid at ``strength`` in (0, 1], as diffusers'
+    img2img pipelines count them: ``int(steps * strength)``, which must leave at least one."""
+    if not 0 < strength <= 1:
+        raise UserError(f"strength must be in (0, 1], got {strength}")
+    run = int(steps * strength)
+    if run < 1:
+        raise UserError(f"{steps} steps at strength {strength} leave no step to run; raise steps or strength")
+    return run

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from catdiff.errors import UserError
+from catdiff.io.json_files import read_json
+from catdiff.io.taesd import load_taesd
 from catdiff.metrics import TAESDFeatures, batches, resize
 from catdiff.models.taesd import TAESD
 
@@ -101,7 +102,7 @@ class CLIPScorer:
         if (folder / "open_clip_config.json").is_file():
             return cls._from_open_clip(folder, prompt)
         config = folder / "config.json"
-        if not config.is_file() or json.loads(config.read_text()).get("model_type") != "clip":
+        if not config.is_file() or read_json(config, what="CLIP config").get("model_type") != "clip":
             raise UserError(f"not a CLIP model folder: {folder} (needs transformers' or open_clip's files)")
         return cls._from_transformers(folder, prompt)
 
@@ -131,7 +132,7 @@ class CLIPScorer:
             import open_clip
         except ImportError as error:
             raise UserError(f"this CLIP is in open_clip's format; it needs open_clip-torch: {error}") from None
-        config = json.loads((folder / "open_clip_config.json").read_text())
+        config = read_json(folder / "open_clip_config.json", what="open_clip config")
         weights = next(
             (
                 folder / n
@@ -233,7 +234,7 @@ class TypicalityScorer:
 @torch.inference_mode()
 def taesd_latents(images: Tensor, taesd: TAESD, size: int) -> Tensor:
     """Flattened TAESD latents of images (float NCHW in [-1, 1]) resampled to ``size`` pixels."""
-    return torch.cat([taesd.encode((resize(b, size) + 1) / 2) for b in batches(images, 64)]).flatten(1)
+    return torch.cat([taesd.encode_latents((resize(b, size) + 1) / 2) for b in batches(images, 64)]).flatten(1)
 
 
 class NeighbourScorer:
@@ -245,12 +246,12 @@ class NeighbourScorer:
     def __init__(self, references: Tensor, *, k: int = 5, taesd: TAESD | None = None) -> None:
         self.references = references.flatten(1).float()
         self.k = min(k, len(self.references))
-        self.taesd = taesd or TAESD.from_pretrained()
+        self.taesd = taesd or load_taesd()
 
     @classmethod
     def fit(cls, images: Tensor, *, k: int = 5) -> NeighbourScorer:
         """Keep the latents of reference images (float NCHW in [-1, 1])."""
-        taesd = TAESD.from_pretrained()
+        taesd = load_taesd()
         return cls(taesd_latents(images, taesd, cls.SIZE), k=k, taesd=taesd)
 
     def save(self, folder: Path) -> Path:
@@ -316,3 +317,14 @@ def load_scorer(kind: str, *, pipeline: Path, clip_model: Path | None = None, pr
             raise UserError("the clip scorer needs --clip-model PATH (a local CLIP folder; nothing is downloaded)")
         return CLIPScorer.from_pretrained(clip_model, prompt)
     raise UserError(f"unknown scorer {kind!r}; choose one of {', '.join(SCORERS)}")
+
+
+def fit_reference_scorers(images_folder: Path, pipeline_folder: Path, *, at_most: int = 2000) -> None:
+    """Fit the typicality, neighbours and eigen scorers to (about ``at_most``, evenly spaced) training
+    images and store their statistics in a pipeline folder."""
+    from catdiff.data.image_folder import ImageFolder, uint8_to_float
+
+    images = ImageFolder(images_folder, NeighbourScorer.SIZE, preload=True).images
+    references = uint8_to_float(images[:: max(1, len(images) // at_most)])
+    for scorer in (TypicalityScorer, NeighbourScorer, EigenScorer):
+        scorer.fit(references).save(pipeline_folder)

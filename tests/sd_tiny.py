@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from catdiff.io.vae import vae_state_to_compvis
+from catdiff.io.vae_keys import vae_state_to_compvis
 from catdiff.sd.checkpoint import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
-from catdiff.sd.text_encoder import open_clip_vocabulary, read_bpe_vocabulary
+from catdiff.sd.tokenizer import open_clip_vocabulary, read_bpe_vocabulary
 from catdiff.sd.unet import SDUNetConfig
 from catdiff.sd.unet_keys import unet_state_to_compvis
 

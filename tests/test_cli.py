@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, catdiff
+from PIL import Image
 from synthetic import make_messy_folder
 
+from catdiff.cli import main
+from catdiff.images import to_uint8
 from catdiff.pipeline import Pipeline
+
+COMMANDS = ("train", "train-autoencoder", "encode", "split", "sample", "export", "generate", "eval", "serve", "txt2img")
+DEVICE_COMMANDS = ("encode", "sample", "generate", "eval", "serve", "txt2img")
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:
@@ -45,6 +52,7 @@ def test_folder_without_images(tmp_path: Path) -> None:
         (["--n", "0"], ["--n"]),
         (["--sampler", "warp-drive"], ["--sampler", "warp-drive"]),
         (["--steps", "many"], ["--steps"]),
+        (["--device", "warp-drive"], ["--device", "warp-drive"]),
     ],
 )
 def test_bad_sample_options(model_folder: Path, tmp_path: Path, flags: list[str], words: list[str]) -> None:
@@ -83,7 +91,25 @@ def test_sample_writes_a_grid_and_the_same_seed_gives_the_same_images(model_fold
     assert not torch.equal(first, other)
 
 
+def test_sample_out_dir_writes_one_png_per_seed(model_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    args = ["--n", "2", "--steps", "3", "--seed", "4", "--out-dir", str(out), "--device", "cpu"]
+    result = catdiff("sample", str(model_folder), *args)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000004.png", "000005.png"]
+    expected = to_uint8(Pipeline.from_folder(model_folder).sample(1, steps=3, seed=5))[0].numpy()
+    assert np.array_equal(np.array(Image.open(out / "000005.png")), expected)
+
+
 def test_every_subcommand_has_help() -> None:
     for command in ("train", "sample"):
         result = catdiff(command, "--help")
         assert result.returncode == 0 and "usage" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_group_registers_its_commands(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main([command, "--help"])
+    assert raised.value.code == 0
+    assert ("--device" in capsys.readouterr().out) == (command in DEVICE_COMMANDS)

@@ -57,6 +57,8 @@ def test_messy_folder_keeps_exactly_the_readable_images(messy, caplog, preload):
         assert x.min() >= -1 and x.max() <= 1
     if preload:
         assert ds.images.shape == (len(ds), 3, S, S) and ds.images.dtype == torch.uint8
+    assert ds.labels is None  # the interface a latent cache reads, shared with Digits
+    assert ds.files_digest() == ImageFolder(root, S * 2, num_workers=0).files_digest()  # names, not pixels
 
 
 def test_preload_lazy_and_load_all_agree(messy):

@@ -92,6 +92,8 @@ def test_the_latent_cache_keeps_the_labels(tmp_path: Path) -> None:
     cache = LatentCache.open(out)
     assert cache.latents.shape == (10, 4, 8, 8) and cache.flipped is None
     assert torch.equal(cache.labels, digits.labels)
+    assert cache.manifest["num_classes"] == digits.num_classes
+    assert cache.manifest["files"] == digits.files_digest() != digits.subset(torch.arange(9)).files_digest()
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -208,10 +210,15 @@ def test_an_unconditional_model_refuses_class_and_guidance(
     assert_one_line_error(result, "class-conditional")
 
 
-def test_guidance_without_labels_is_refused(class_pipeline: Path) -> None:
+def test_guidance_is_part_of_the_condition_not_a_sampler_option(class_pipeline: Path, pipeline_dir: Path) -> None:
     pipeline = Pipeline.from_folder(class_pipeline)
-    with pytest.raises(UserError, match="needs class labels"):
-        pipeline.sample(1, steps=2, guidance=2.0)
+    with pytest.raises(UserError, match="unknown option 'guidance' for sampler ddim"):
+        pipeline.sample(1, steps=2, sampler="ddim", sampler_options={"guidance": 2.0})
+    for guidance in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(UserError, match="guidance must be a finite number"):
+            pipeline.class_condition([1], guidance)
+    with pytest.raises(UserError, match="not class-conditional"):
+        Pipeline.from_folder(pipeline_dir).class_condition([1], 2.0)
 
 
 # --- the bundled model --------------------------------------------------------------------------
@@ -223,7 +230,7 @@ def test_bundled_digits_model_is_small_fp16_and_deterministic() -> None:
     assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= 12 * 2**20
     pipeline = Pipeline.from_folder(folder)
     assert pipeline.num_classes == 10 and pipeline.guidance > 1
-    options = {"labels": [3, 7], "guidance": pipeline.guidance, "steps": 4, "sampler": "dpmpp_2m", "seed": 5}
+    options = {"condition": pipeline.class_condition([3, 7]), "steps": 4, "sampler": "dpmpp_2m", "seed": 5}
     first, second = pipeline.sample(2, **options), pipeline.sample(2, **options)
     assert first.shape == (2, 1, 32, 32)
     assert torch.equal(first, second)

@@ -14,6 +14,7 @@ from PIL import Image
 from synthetic import make_image_folder
 from test_rerank import save_tiny_clip
 
+from catdiff.images import to_uint8
 from catdiff.io.checkpoints import read_weights
 from catdiff.pipeline import DEFAULT_SAMPLING, Pipeline
 from catdiff.rerank import EigenScorer
@@ -54,6 +55,7 @@ def test_generate_writes_a_grid_and_the_same_seed_gives_the_same_grid(pipeline_d
         (["--n", "0"], ["--n"]),
         (["--steps", "0"], ["--steps"]),
         (["--sampler", "warp-drive"], ["--sampler", "warp-drive"]),
+        (["--device", "warp-drive"], ["--device", "warp-drive"]),
     ],
 )
 def test_bad_generate_options(pipeline_dir: Path, tmp_path: Path, flags: list[str], words: list[str]) -> None:
@@ -83,6 +85,55 @@ def test_generate_refuses_a_missing_or_read_only_output_folder_before_sampling(
     assert_one_line_error(
         catdiff("generate", "--model", str(pipeline_dir), "--out", str(read_only / "x.png")), "not writable"
     )
+    assert_one_line_error(
+        catdiff("generate", "--model", str(pipeline_dir), "--out-dir", str(read_only / "images")), "cannot create"
+    )
+
+
+def png(path: Path) -> np.ndarray:
+    return np.array(Image.open(path))
+
+
+def test_generate_out_dir_writes_one_png_per_image_named_by_its_seed(pipeline_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "images"
+    args = ["generate", "--model", str(pipeline_dir), "--device", "cpu"]
+    result = catdiff(*args, "--n", "3", "--seed", "5", "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000005.png", "000006.png", "000007.png"]
+    result = catdiff(*args, "--n", "1", "--seed", "7", "--out-dir", str(tmp_path / "one"))
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(png(out / "000007.png"), png(tmp_path / "one" / "000007.png"))
+    pipeline = Pipeline.from_folder(pipeline_dir)
+    for seed in (5, 6):
+        assert np.array_equal(png(out / f"{seed:06d}.png"), to_uint8(pipeline.sample(1, seed=seed))[0].numpy())
+
+
+def test_generate_best_of_out_dir_names_the_kept_candidates_by_their_seeds(pipeline_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "best"
+    args = ["--n", "2", "--best-of", "5", "--seed", "10", "--out-dir", str(out)]
+    result = catdiff("generate", "--model", str(pipeline_dir), *args)
+    assert result.returncode == 0, result.stderr
+    candidates = Pipeline.from_folder(pipeline_dir).sample(5, seed=10, batch_size=5)
+    best = EigenScorer.load(pipeline_dir)(candidates).argsort(descending=True)[:2].tolist()
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{10 + i:06d}.png" for i in best)
+    for i in best:
+        assert np.array_equal(png(out / f"{10 + i:06d}.png"), to_uint8(candidates[i : i + 1])[0].numpy())
+
+
+def test_generate_refuses_out_with_out_dir_and_an_out_dir_that_is_a_file(pipeline_dir: Path, tmp_path: Path) -> None:
+    args = ["generate", "--model", str(pipeline_dir)]
+    both = catdiff(*args, "--out", str(tmp_path / "x.png"), "--out-dir", str(tmp_path / "images"))
+    assert_one_line_error(both, "--out-dir", "not allowed with")
+    assert not (tmp_path / "images").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert_one_line_error(catdiff(*args, "--out-dir", str(a_file)), "cannot create output folder", str(a_file))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_generate_refuses_a_device_this_machine_lacks(pipeline_dir: Path, tmp_path: Path) -> None:
+    result = catdiff("generate", "--model", str(pipeline_dir), "--device", "cuda", "--out", str(tmp_path / "x.png"))
+    assert_one_line_error(result, "--device", "cuda", "not available")
 
 
 def test_split_holds_out_the_same_files_every_time(tmp_path: Path) -> None:

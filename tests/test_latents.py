@@ -17,6 +17,10 @@ from synthetic import make_image_folder
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
 from catdiff.data.latent_cache import LatentCache, shard_path
+from catdiff.errors import UserError
+from catdiff.io.checkpoints import write_model_folder
+from catdiff.io.json_files import read_json, write_json
+from catdiff.io.vae import load_vae
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
 from catdiff.pipeline import Pipeline
 
@@ -132,3 +136,34 @@ def test_ldm_trains_on_the_cache_and_exports_a_self_contained_pipeline(
     assert {p.name for p in pipeline_dir.iterdir()} == {"pipeline.json", "unet", "autoencoder"}
     exported = Pipeline.from_folder(pipeline_dir).sample(2, steps=3, seed=1)
     assert torch.equal(exported, direct)
+
+
+def test_json_files_are_written_atomically_and_bad_ones_refused_in_one_line(tmp_path: Path) -> None:
+    file = write_json(tmp_path / "cache.json", {"format": "catdiff.latents/1", "count": 3})
+    assert read_json(file, format="catdiff.latents/1", what="latent cache") == {
+        "format": "catdiff.latents/1",
+        "count": 3,
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]  # no temporary file left behind
+    for text, words in (("{", "unreadable latent cache"), ("[1]", "not a JSON object"), ("{}", "not a catdiff latent")):
+        file.write_text(text)
+        with pytest.raises(UserError, match=words) as caught:
+            read_json(file, format="catdiff.latents/1", what="latent cache")
+        assert "\n" not in str(caught.value) and str(file) in str(caught.value)
+
+
+def test_autoencoders_share_one_float32_latent_interface(tiny_kl: Path, tmp_path: Path) -> None:
+    taesd, kl = load_autoencoder("taesd"), load_autoencoder(tiny_kl)
+    assert (taesd.kind, kl.kind) == ("taesd", "autoencoder_kl")
+    assert kl.descriptor() == Autoencoder(load_vae(tiny_kl)).descriptor()
+    write_model_folder(tmp_path / "unet", {"model": {"type": "unet"}}, {"x": torch.zeros(1)})
+    with pytest.raises(UserError, match="holds a 'unet' model, not an AutoencoderKL"):
+        load_autoencoder(tmp_path / "unet")
+    half = Autoencoder(load_vae(tiny_kl, dtype=torch.bfloat16))
+    images = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        for autoencoder in (taesd, kl, half):
+            latents = autoencoder.encode(images)
+            assert latents.dtype == torch.float32 and latents.shape == (1, 4, 2, 2)
+            assert autoencoder.decode(latents.half()).dtype == torch.float32
+        torch.testing.assert_close(half.encode(images), kl.encode(images), atol=0.05, rtol=0.05)

@@ -11,15 +11,13 @@ import torch
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.samplers import (
     SAMPLERS,
-    alpha_bar,
     get_sampler,
     register_sampler,
     sample_ddim,
     sample_ddpm,
-    ve_to_vp,
-    vp_to_ve,
 )
-from catdiff.diffusion.schedule import NoiseSchedule
+from catdiff.diffusion.schedule import NoiseSchedule, alpha_bar, ve_to_vp, vp_to_ve
+from catdiff.errors import UserError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
@@ -263,17 +261,17 @@ def test_ddim_eta1_is_ddpm_beta_tilde():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_cond_is_passed_to_denoise_and_callback_sees_every_step():
+def test_callback_sees_every_step():
     seen = []
 
-    def denoise(x, sigma, *, scale):
-        seen.append(scale)
-        return x * 0 + scale
+    def denoise(x, sigma):
+        seen.append(float(sigma))
+        return x * 0 + 0.5
 
     sigmas = torch.tensor([10.0, 1.0, 0.1, 0.0], dtype=torch.float64)
     infos = []
-    out = sample_ddim(denoise, torch.randn(2, 3), sigmas, callback=infos.append, scale=0.5)
-    assert seen == [0.5, 0.5, 0.5]
+    out = sample_ddim(denoise, torch.randn(2, 3), sigmas, callback=infos.append)
+    assert seen == [10.0, 1.0, 0.1]
     assert torch.allclose(out, torch.full((2, 3), 0.5))
     assert [float(i["sigma"]) for i in infos] == [10.0, 1.0, 0.1]
     assert [float(i["sigma_next"]) for i in infos] == [1.0, 0.1, 0.0]
@@ -299,7 +297,7 @@ def test_bad_options_are_rejected():
 def test_registry():
     assert SAMPLERS["ddpm"] is sample_ddpm and SAMPLERS["ddim"] is sample_ddim
     assert get_sampler("ddim") is sample_ddim
-    with pytest.raises(ValueError, match="ddim, ddpm"):
+    with pytest.raises(UserError, match="ddim, ddpm"):
         get_sampler("plms")
     with pytest.raises(ValueError, match="already registered"):
         register_sampler("ddim")(sample_ddim)

@@ -146,7 +146,7 @@ def _batch(kind="linear", dkind="linear", b0=1e-4, b1=0.02, seed=0):
     x0 = torch.randn(5, 4, 6, 6, generator=g)
     eps = torch.randn(5, 4, 6, 6, generator=g)
     t = torch.tensor([0, 3, 400, 900, 999])
-    alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in ours.alpha_sigma(t))
+    alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in ours.vp_scales(t))
     return ours, theirs, x0, eps, t, alpha, sigma
 
 

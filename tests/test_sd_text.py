@@ -13,12 +13,10 @@ from catdiff.errors import UserError
 from catdiff.sd.text_encoder import (
     CLIPTextConfig,
     CLIPTextEncoder,
-    CLIPTokenizer,
     clip_config_from_state,
     clip_state_from_transformers,
-    open_clip_vocabulary,
-    read_bpe_vocabulary,
 )
+from catdiff.sd.tokenizer import CLIPTokenizer, open_clip_vocabulary, read_bpe_vocabulary
 
 transformers = pytest.importorskip("transformers")
 

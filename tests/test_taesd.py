@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 import catdiff
 from catdiff.data.image_folder import ImageFolder, find_images
 from catdiff.errors import UserError
-from catdiff.models.taesd import BUNDLED_WEIGHTS, DECODER_FILE, ENCODER_FILE, TAESD
+from catdiff.io.taesd import BUNDLED_WEIGHTS, DECODER_FILE, ENCODER_FILE, load_taesd, save_taesd
+from catdiff.models.taesd import TAESD
 
 # The files of ../shared/weights/taesd/SHA256SUMS, shipped unmodified.
 SHA256 = {
@@ -26,7 +27,7 @@ SHA256 = {
 
 @pytest.fixture(scope="module")
 def taesd() -> TAESD:
-    return TAESD.from_pretrained()
+    return load_taesd()
 
 
 def test_bundled_weights_ship_inside_the_package_with_their_license(taesd: TAESD) -> None:
@@ -34,7 +35,7 @@ def test_bundled_weights_ship_inside_the_package_with_their_license(taesd: TAESD
     for name, digest in SHA256.items():
         assert hashlib.sha256((BUNDLED_WEIGHTS / name).read_bytes()).hexdigest() == digest
     assert "Ollin Boer Bohan" in (BUNDLED_WEIGHTS / "LICENSE").read_text()
-    # The published key names load as they are (from_pretrained loads strictly).
+    # The published key names load as they are (load_taesd loads strictly).
     assert set(taesd.encoder.state_dict()) == set(load_file(BUNDLED_WEIGHTS / ENCODER_FILE))
     assert set(taesd.decoder.state_dict()) == set(load_file(BUNDLED_WEIGHTS / DECODER_FILE))
     assert all(p.dtype == torch.float32 for p in taesd.parameters())
@@ -43,23 +44,32 @@ def test_bundled_weights_ship_inside_the_package_with_their_license(taesd: TAESD
 
 def test_missing_or_wrong_weights_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=re.escape(f"not found: {tmp_path / ENCODER_FILE}")):
-        TAESD.from_pretrained(tmp_path)
+        load_taesd(tmp_path)
     (tmp_path / ENCODER_FILE).write_bytes(b"not a safetensors file")
-    with pytest.raises(UserError, match=re.escape(f"{tmp_path / ENCODER_FILE} does not hold TAESD")):
-        TAESD.from_pretrained(tmp_path)
+    with pytest.raises(UserError, match=re.escape(f"corrupt or unreadable safetensors file {tmp_path / ENCODER_FILE}")):
+        load_taesd(tmp_path)
     save_file({"weight": torch.zeros(1)}, tmp_path / ENCODER_FILE)
-    with pytest.raises(UserError, match="Missing key") as caught:
-        TAESD.from_pretrained(tmp_path)
+    with pytest.raises(UserError, match=re.escape(f"weights in {tmp_path / ENCODER_FILE} do not fit TAESD")) as caught:
+        load_taesd(tmp_path)
+    assert "missing keys ['0.weight'" in str(caught.value) and "unexpected keys ['weight']" in str(caught.value)
     assert "\n" not in str(caught.value)  # one line for the CLI
+
+
+def test_saved_folder_loads_back_with_the_same_weights(taesd: TAESD, tmp_path: Path) -> None:
+    folder = save_taesd(taesd, tmp_path / "taesd")
+    assert (folder / "LICENSE").is_file()
+    again = load_taesd(folder)
+    assert all(torch.equal(a, b) for a, b in zip(taesd.state_dict().values(), again.state_dict().values()))
+    assert {t.dtype for t in load_file(folder / ENCODER_FILE).values()} == {torch.bfloat16}  # lossless, as shipped
 
 
 def test_shapes(taesd: TAESD) -> None:
     images = torch.rand(2, 3, 128, 128) * 2 - 1
     with torch.no_grad():
-        latents = taesd.encode(images)
+        latents = taesd.encode_latents(images)
         assert latents.shape == (2, taesd.latent_channels, 16, 16)
-        assert taesd.decode(latents).shape == (2, 3, 128, 128)
-        assert taesd.encode(torch.zeros(1, 3, 64, 96)).shape == (1, 4, 8, 12)
+        assert taesd.decode_latents(latents).shape == (2, 3, 128, 128)
+        assert taesd.encode_latents(torch.zeros(1, 3, 64, 96)).shape == (1, 4, 8, 12)
 
 
 def _autoencoder_tiny(taesd: TAESD):
@@ -83,7 +93,7 @@ def test_parity_with_diffusers_autoencoder_tiny(taesd: TAESD) -> None:
     """Same weights, same input, same output: no convention differs.
 
     diffusers' EncoderTiny maps images from [-1, 1] to [0, 1] and DecoderTiny maps back, as
-    ``TAESD.encode``/``decode`` do; ``AutoencoderTiny.encode`` returns the latents unscaled
+    ``TAESD.encode_latents``/``decode_latents`` do; ``AutoencoderTiny.encode`` returns the latents unscaled
     and its ``scaling_factor`` is 1.0, because TAESD's latents are already SD-scaled.
     (``latent_magnitude``/``latent_shift`` only serve its uint8 round trip in ``forward``,
     which is not compared.)
@@ -94,8 +104,8 @@ def test_parity_with_diffusers_autoencoder_tiny(taesd: TAESD) -> None:
     images = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
     latents = torch.randn(2, 4, 8, 8, generator=gen) * 2  # large enough to use the soft clamp
     with torch.no_grad():
-        torch.testing.assert_close(taesd.encode(images), reference.encode(images).latents, rtol=0, atol=1e-4)
-        torch.testing.assert_close(taesd.decode(latents), reference.decode(latents).sample, rtol=0, atol=1e-4)
+        torch.testing.assert_close(taesd.encode_latents(images), reference.encode(images).latents, rtol=0, atol=1e-4)
+        torch.testing.assert_close(taesd.decode_latents(latents), reference.decode(latents).sample, rtol=0, atol=1e-4)
 
 
 def test_round_trip_psnr_on_cat_faces_at_128px(taesd: TAESD, tmp_path: Path) -> None:
@@ -113,7 +123,7 @@ def test_round_trip_psnr_on_cat_faces_at_128px(taesd: TAESD, tmp_path: Path) -> 
     faces = ImageFolder(tmp_path, 128, num_workers=0)
     images = torch.stack([faces[i] for i in range(len(faces))])
     with torch.no_grad():  # one image at a time: faster on a CPU than one big batch
-        decoded = torch.cat([taesd.decode(taesd.encode(x)) for x in images.split(1)]).clamp(-1, 1)
+        decoded = torch.cat([taesd.decode_latents(taesd.encode_latents(x)) for x in images.split(1)]).clamp(-1, 1)
     mse = ((decoded - images) / 2).pow(2).flatten(1).mean(1)  # per image, pixels in [0, 1]
     psnr = (10 * torch.log10(1 / mse)).mean().item()
     assert psnr >= 26.0, f"TAESD round trip at 128 px: {psnr:.2f} dB"

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from catdiff.errors import UserError
-from catdiff.io.vae import load_vae, vae_state_from_compvis, vae_state_to_compvis
+from catdiff.io.vae import load_vae
+from catdiff.io.vae_keys import vae_state_from_compvis, vae_state_to_compvis
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
 
 diffusers = pytest.importorskip("diffusers")

@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
+from catdiff.cli.options import add_device_option, check_writable
 from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.errors import UserError
-from catdiff.sd.pipeline import PRECISIONS, StableDiffusion
+from catdiff.pipeline import PRECISIONS
+from catdiff.sd.pipeline import StableDiffusion
 
 
 def _strength(text: str) -> float:
@@ -35,7 +36,7 @@ def _steps(text: str) -> int:
     return value
 
 
-def add_txt2img_parser(commands: argparse._SubParsersAction) -> None:
+def add_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "txt2img",
         help="Stable Diffusion 1.x: an image from a prompt (or from an image, with --init-image)",
@@ -58,6 +59,7 @@ def add_txt2img_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--init-image", type=Path, help="image-to-image: start from this picture")
     p.add_argument("--strength", type=_strength, default=0.75, help="image-to-image: how much to change, (0, 1]")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weights' dtype (fp16 halves the memory)")
+    add_device_option(p)
     p.set_defaults(run=run_txt2img)
 
 
@@ -80,14 +82,12 @@ def _read_init_image(path: Path, size: tuple[int, int] | None) -> Tensor:
 def run_txt2img(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from catdiff.cli import check_writable
     from catdiff.images import to_pil
 
     check_writable(args.out)
     if args.init_image is not None and not args.init_image.is_file():
         raise UserError(f"no such file: --init-image {args.init_image}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sd = StableDiffusion.from_checkpoint(args.checkpoint, dtype=PRECISIONS[args.precision], device=device)
+    sd = StableDiffusion.from_checkpoint(args.checkpoint, dtype=PRECISIONS[args.precision], device=args.device)
     size = (args.height or sd.default_size, args.width or sd.default_size)
     img2img = args.init_image is not None
     init = _read_init_image(args.init_image, size if args.width or args.height else None) if img2img else None

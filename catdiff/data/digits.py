@@ -10,6 +10,7 @@ LeNet-5 sees them, so that three halvings stay whole) with int64 labels ``[N]``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,10 @@ class Digits:
             raise UserError(f"{folder}: expected images [N, H, W] and N labels, got {images.shape} and {labels.shape}")
         padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD)))
         return cls(torch.from_numpy(padded).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), folder)
+
+    def files_digest(self) -> str:
+        """A fingerprint of what a latent cache encodes: the digits and their labels."""
+        return hashlib.sha256(self.images.numpy().tobytes() + self.labels.numpy().tobytes()).hexdigest()[:16]
 
     @property
     def num_classes(self) -> int:

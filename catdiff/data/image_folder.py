@@ -13,6 +13,7 @@ trainer, which draws it from its own generator so that a resumed run is exact. I
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -158,10 +159,13 @@ class ImageFolder(torch.utils.data.Dataset):
         paths: the readable files, sorted; item ``i`` is ``paths[i]``.
         skipped: the files that could not be read (corrupt, truncated, not an image).
         images: uint8 tensor [N, 3, size, size] once preloaded (see ``load_all``), else None.
+        labels: None: image folders are unlabelled (a digits folder is labelled data).
 
     Raises ``UserError`` when ``root`` is missing, is not a folder, holds no image files,
     or holds none that can be read. Unreadable files are logged in one warning.
     """
+
+    labels = None
 
     def __init__(
         self,
@@ -257,6 +261,11 @@ class ImageFolder(torch.utils.data.Dataset):
                 hwc[i] = result
             self.images = images
         return self.images
+
+    def files_digest(self) -> str:
+        """A fingerprint of what a latent cache encodes: the file names relative to the folder, in order."""
+        names = "\n".join(p.relative_to(self.root).as_posix() for p in self.paths)
+        return hashlib.sha256(names.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -2,30 +2,28 @@
 
 A cache folder holds ``cache.json`` (what was encoded, with which autoencoder, at which size),
 ``shard-NNNNN.safetensors`` files (``latents`` and, optionally, ``flipped``: the latents of the
-horizontally mirrored images, and ``labels``: the class of each image of a digits folder) and, once complete, ``stats.json`` (per-channel mean and std).
-Each shard is written to a temporary file and renamed, so a killed run resumes by encoding
-only the shards that are missing, and its result equals an uninterrupted run.
+horizontally mirrored images, and ``labels``: the class of each image of labelled data) and,
+once complete, ``stats.json`` (per-channel mean and std). Each file is written to a temporary
+file and renamed, so a killed run resumes by encoding only the shards that are missing, and its
+result equals an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from catdiff.data.digits import Digits
-from catdiff.data.image_folder import ImageFolder
 from catdiff.errors import UserError
-from catdiff.io.checkpoints import read_format_json
+from catdiff.io.json_files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +34,23 @@ STATS_FILE = "stats.json"
 Encoder = Callable[[Tensor], Tensor]
 
 
+class ImageDataset(Protocol):
+    """What a cache encodes (:class:`~catdiff.data.image_folder.ImageFolder`, :class:`~catdiff.data.digits.Digits`):
+    item ``i`` is image ``i`` in [-1, 1]; ``labels`` are int64 ``[N]``, or None for unlabelled images."""
+
+    root: Path | None
+    size: int
+    labels: Tensor | None
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Tensor: ...
+
+    def files_digest(self) -> str: ...
+
+
 def shard_path(root: Path, index: int) -> Path:
     return root / f"shard-{index:05d}.safetensors"
-
-
-def files_digest(dataset: ImageFolder | Digits) -> str:
-    """A fingerprint of what was encoded: the file names relative to the folder, in order, or
-    the digits and their labels."""
-    if isinstance(dataset, Digits):
-        payload = dataset.images.numpy().tobytes() + dataset.labels.numpy().tobytes()
-    else:
-        payload = "\n".join(p.relative_to(dataset.root).as_posix() for p in dataset.paths).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 def is_latent_cache(path: Path) -> bool:
@@ -55,7 +58,7 @@ def is_latent_cache(path: Path) -> bool:
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
-    return read_format_json(root / MANIFEST_FILE, FORMAT, "latent cache")
+    return read_json(root / MANIFEST_FILE, format=FORMAT, what="latent cache")
 
 
 def check_compatible(manifest: dict[str, Any], *, autoencoder: dict[str, Any], size: int, root: Path) -> None:
@@ -68,7 +71,7 @@ def check_compatible(manifest: dict[str, Any], *, autoencoder: dict[str, Any], s
 
 @torch.inference_mode()
 def encode_folder(
-    dataset: ImageFolder | Digits,
+    dataset: ImageDataset,
     encode: Encoder,
     out: Path,
     *,
@@ -79,8 +82,8 @@ def encode_folder(
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> Path:
-    """Encode every image of ``dataset`` (and its mirror image) into a cache at ``out``; the
-    labels of digits are stored beside their latents.
+    """Encode every image of ``dataset`` (and its mirror image) into a cache at ``out``; its
+    labels, if any, are stored beside their latents.
 
     ``autoencoder`` identifies the weights (see ``Autoencoder.descriptor``); ``source`` says
     where to load them again for decoding.
@@ -92,15 +95,15 @@ def encode_folder(
         "autoencoder_source": source,
         "size": dataset.size,
         "source": str(dataset.root),
-        "files": files_digest(dataset),
+        "files": dataset.files_digest(),
         "count": len(dataset),
         "flip": flip,
         "shard_size": shard_size,
         "num_shards": -(-len(dataset) // shard_size),
     }
-    labels = dataset.labels if isinstance(dataset, Digits) else None
+    labels = dataset.labels
     if labels is not None:
-        manifest["num_classes"] = dataset.num_classes
+        manifest["num_classes"] = int(labels.max()) + 1
     if is_latent_cache(out):
         existing = _read_manifest(out)
         check_compatible(existing, autoencoder=autoencoder, size=dataset.size, root=out)
@@ -109,7 +112,7 @@ def encode_folder(
         }:
             raise UserError(f"latent cache {out} was made from other files or options; choose another --out")
     else:
-        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_json(out / MANIFEST_FILE, manifest)
     todo = [i for i in range(manifest["num_shards"]) if not shard_path(out, i).is_file()]
     if len(todo) < manifest["num_shards"]:
         log.info("%s: %d of %d shards already encoded", out, manifest["num_shards"] - len(todo), manifest["num_shards"])
@@ -134,7 +137,7 @@ def encode_folder(
             os.replace(tmp, shard_path(out, index))
     cache = LatentCache.open(out, require_stats=False)
     stats = {"mean": cache.latents.mean(dim=(0, 2, 3)).tolist(), "std": cache.latents.std(dim=(0, 2, 3)).tolist()}
-    (out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    write_json(out / STATS_FILE, stats)
     return out
 
 
@@ -167,4 +170,4 @@ class LatentCache:
 
     @property
     def stats(self) -> dict[str, list[float]]:
-        return json.loads((self.root / STATS_FILE).read_text())
+        return read_json(self.root / STATS_FILE, what="latent statistics")

@@ -1,4 +1,12 @@
-"""Classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance").
+"""Conditions: what a network is conditioned on for a batch of images, and how it is guided.
+
+A condition is one small object with one protocol (:class:`Condition`): it binds itself into
+the network (``guide(network) -> (x_t, t) -> output``) for the images it covers, and gives the
+condition of a slice of those images (``take``), so a pipeline can batch images freely.
+:class:`Unconditional` binds nothing; :class:`GuidedCondition` holds class labels or text
+states, with their null counterparts, and guides by classifier-free guidance.
+
+Classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance").
 
 One network learns the conditional and the unconditional model at once: during training the
 condition is replaced by a null one with probability ``p_uncond`` (sec. 3.2, alg. 1). At sampling
@@ -9,10 +17,54 @@ the two predictions are mixed, ``eps = eps_u + w (eps_c - eps_u)`` (eq. 6, writt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ClassifierFreeGuidance", "drop_labels"]
+from catdiff.diffusion.denoiser import Network
+
+__all__ = ["ClassifierFreeGuidance", "Condition", "GuidedCondition", "Unconditional", "drop_labels"]
+
+
+class Condition(Protocol):
+    """What the images of one call are conditioned on."""
+
+    def guide(self, network: nn.Module) -> Network:
+        """The network function ``(x_t, t) -> output`` for these images."""
+        ...
+
+    def take(self, index: slice) -> Condition:
+        """The condition of images ``index`` of the call."""
+        ...
+
+
+@dataclass(frozen=True)
+class Unconditional:
+    """No condition: the network as it is."""
+
+    def guide(self, network: nn.Module) -> Network:
+        return network
+
+    def take(self, index: slice) -> Unconditional:
+        return self
+
+
+@dataclass(frozen=True)
+class GuidedCondition:
+    """One condition per image (class labels ``[n]`` or text states ``[n, L, C]``) with its null
+    counterpart, mixed by classifier-free guidance at ``scale`` (1: the conditional model)."""
+
+    condition: Tensor
+    uncondition: Tensor
+    scale: float = 1.0
+
+    def guide(self, network: nn.Module) -> Network:
+        return ClassifierFreeGuidance(network, self.condition, self.uncondition, self.scale)
+
+    def take(self, index: slice) -> GuidedCondition:
+        return GuidedCondition(self.condition[index], self.uncondition[index], self.scale)
 
 
 def drop_labels(labels: Tensor, p_uncond: float, null: int, generator: torch.Generator) -> Tensor:
@@ -39,9 +91,10 @@ class ClassifierFreeGuidance:
 
     def __init__(self, network: nn.Module, condition: Tensor, uncondition: Tensor, scale: float) -> None:
         self.network, self.scale = network, scale
-        self.dtype = next(network.parameters()).dtype
-        self.condition = _to(condition, self.dtype)
-        self.both_conditions = _to(torch.cat([uncondition, condition]), self.dtype)
+        weight = next(network.parameters())
+        self.dtype = weight.dtype
+        self.condition = _to(condition, self.dtype).to(weight.device)
+        self.both_conditions = _to(torch.cat([uncondition, condition]), self.dtype).to(weight.device)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         if self.scale == 1:

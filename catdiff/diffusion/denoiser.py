@@ -1,26 +1,24 @@
-"""The one wrapper that turns a VP noise-prediction network into a k-diffusion denoiser.
+"""One preconditioning object for sampling and training: a VP network as a denoiser and as a loss.
 
-Samplers work on ``x = x_0 + sigma * eps`` and call ``denoise(x, sigma) -> x0``
-(Karras et al. 2022, section 3). A network trained on the discrete VP process sees
-``x_t = x / sqrt(1 + sigma^2)`` at the fractional timestep ``t(sigma)`` of its schedule.
+Samplers work on ``x = x_0 + sigma * eps`` and call ``denoise(x, sigma) -> x0`` (Karras et al. 2022,
+section 3). A network trained on the discrete VP process sees ``x_t = x / sqrt(1 + sigma^2)`` at
+the fractional timestep ``t(sigma)`` of its schedule, and is trained on ``x_t = alpha_t x_0 + std_t eps``
+at integer timesteps. As in EDM's ``EDMPrecond`` and k-diffusion's ``DiscreteEpsDDPMDenoiser``,
+one object holds both directions, so eps, v and x0 (:mod:`catdiff.diffusion.objective`) are
+interpreted in one place.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from catdiff.diffusion.objective import Prediction, predicted_x0
+from catdiff.diffusion.objective import Prediction, min_snr_weight, predicted_x0, training_target
 from catdiff.diffusion.schedule import NoiseSchedule
 
-
-class Network(Protocol):
-    def __call__(self, x_t: Tensor, t: Tensor, **cond: Any) -> Tensor: ...
-
-
-DenoiseFn = Callable[..., Tensor]
+Network = Callable[[Tensor, Tensor], Tensor]  # (x_t, t) -> eps, v or x0; a condition is bound in
 
 
 def dynamic_threshold(x0: Tensor, percentile: float, limit: float) -> Tensor:
@@ -35,8 +33,12 @@ def dynamic_threshold(x0: Tensor, percentile: float, limit: float) -> Tensor:
     return x0.clamp(-s, s) * (limit / s)
 
 
+def _per_sample(values: Tensor, ndim: int) -> Tensor:
+    return values.view(-1, *([1] * (ndim - 1)))
+
+
 class Denoiser:
-    """``denoise(x, sigma, **cond) -> x0`` for a network with a given prediction target.
+    """``denoise(x, sigma) -> x0`` and ``loss(x0, t, noise)`` for a network with a given prediction target.
 
     ``clip_x0`` keeps x0 estimates within ``[-clip_x0, clip_x0]``: by clamping, or by
     :func:`dynamic_threshold` at ``dynamic_percentile`` when that is given.
@@ -57,17 +59,29 @@ class Denoiser:
         self.clip_x0 = clip_x0
         self.dynamic_percentile = dynamic_percentile
 
-    def __call__(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
-        c_in = (1 + sigma**2).rsqrt()
+        c_in = (1 + sigma**2).rsqrt()  # alpha_t of the VP sample at this level
         t = self.schedule.sigma_to_t(sigma).to(torch.float32)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        alpha = c_in.view(shape).to(x.dtype)
+        alpha = _per_sample(c_in, x.ndim).to(x.dtype)
         x_t = x * alpha
-        output = self.network(x_t, t, **cond).to(x.dtype)
-        x0 = predicted_x0(self.prediction, output, x_t, alpha, (sigma * c_in).view(shape).to(x.dtype))
+        output = self.network(x_t, t).to(x.dtype)
+        x0 = predicted_x0(self.prediction, output, x_t, alpha, _per_sample(sigma * c_in, x.ndim).to(x.dtype))
         if self.clip_x0 is not None and self.dynamic_percentile is not None:
             x0 = dynamic_threshold(x0, self.dynamic_percentile, self.clip_x0)
         elif self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return x0
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor, *, min_snr_gamma: float | None = None) -> Tensor:
+        """Denoising score matching at integer timesteps ``t`` (Ho et al. 2020, eq. 14): the mean
+        squared error of the output against its target, weighted by min-SNR-gamma if given
+        (Hang et al. 2023)."""
+        alpha, std = (_per_sample(v.float(), x0.ndim) for v in self.schedule.vp_scales(t))
+        x_t = alpha * x0 + std * noise
+        target = training_target(self.prediction, x0, noise, alpha, std)
+        output = self.network(x_t, t.float()).float()
+        per_sample = (output - target).pow(2).mean(dim=tuple(range(1, x0.ndim)))
+        if min_snr_gamma is not None:
+            per_sample = per_sample * min_snr_weight(self.prediction, self.schedule.snr(t), min_snr_gamma).float()
+        return per_sample.mean()

@@ -1,8 +1,10 @@
-"""Training targets and loss weights for a network that sees ``x_t = alpha_t x_0 + sigma_t eps``.
+"""The three parameterisations of a VP network's output, and loss weights, in one place.
 
-Notation is variance-preserving: ``alpha_t = sqrt(alpha-bar_t)``, ``sigma_t = sqrt(1 - alpha-bar_t)``.
-The network may predict the noise eps (Ho et al. 2020), the clean image x0, or the velocity
-``v = alpha_t eps - sigma_t x_0`` (Salimans & Ho 2022, "Progressive distillation").
+The network sees ``x_t = alpha_t x_0 + std_t eps`` (``alpha_t = sqrt(alpha-bar_t)``, the VP noise
+scale ``std_t = sqrt(1 - alpha-bar_t)``; see :mod:`catdiff.diffusion.schedule`) and predicts the
+noise eps (Ho et al. 2020), the clean image x0, or the velocity ``v = alpha_t eps - std_t x_0``
+(Salimans & Ho 2022, "Progressive distillation"). :class:`~catdiff.diffusion.denoiser.Denoiser`
+uses both directions: :func:`training_target` for the loss, :func:`predicted_x0` for sampling.
 """
 
 from __future__ import annotations
@@ -20,24 +22,24 @@ def _check(prediction: str) -> None:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
-def training_target(prediction: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+def training_target(prediction: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """What the network should output for ``x_t`` built from ``x0`` and ``eps``."""
     _check(prediction)
     if prediction == "eps":
         return eps
     if prediction == "x0":
         return x0
-    return alpha * eps - sigma * x0
+    return alpha * eps - std * x0
 
 
-def predicted_x0(prediction: Prediction, output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+def predicted_x0(prediction: Prediction, output: Tensor, x_t: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """Recover the clean-image estimate from the network's output at ``x_t``."""
     _check(prediction)
     if prediction == "eps":
-        return (x_t - sigma * output) / alpha
+        return (x_t - std * output) / alpha
     if prediction == "x0":
         return output
-    return alpha * x_t - sigma * output
+    return alpha * x_t - std * output
 
 
 def min_snr_weight(prediction: Prediction, snr: Tensor, gamma: float) -> Tensor:

@@ -5,6 +5,10 @@ A schedule is a sequence of betas over T training steps. From it follow
 ``q(x_t | x_0) = N(sqrt(alpha-bar_t) x_0, (1 - alpha-bar_t) I)`` and the equivalent
 variance-exploding noise level ``sigma_t = sqrt((1 - alpha-bar_t) / alpha-bar_t)`` that the
 samplers work in (Karras et al. 2022): ``x_t / sqrt(alpha-bar_t) = x_0 + sigma_t * eps``.
+
+One meaning per symbol: ``sigma`` is always that VE noise level. The VP sample is
+``x_t = alpha_t x_0 + std_t eps`` with the signal scale ``alpha_t = sqrt(alpha-bar_t)`` and the VP
+noise scale ``std_t = sqrt(1 - alpha-bar_t)``; :func:`vp_to_ve` and :func:`ve_to_vp` convert samples.
 """
 
 from __future__ import annotations
@@ -22,6 +26,22 @@ SigmaSpacing = Literal["leading", "trailing", "linspace", "uniform", "karras", "
 BETA_KINDS: tuple[str, ...] = ("linear", "scaled_linear", "cosine")
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 SIGMA_SPACINGS: tuple[str, ...] = (*SPACINGS, "uniform", "karras", "exponential")
+
+
+def alpha_bar(sigma: float | Tensor) -> float | Tensor:
+    """The VP ``alpha-bar`` of a VE noise level: ``1 / (1 + sigma^2)`` (1 at sigma 0)."""
+    return 1 / (1 + sigma**2)
+
+
+def ve_to_vp(x: Tensor, sigma: float | Tensor) -> Tensor:
+    """``x_t = sqrt(alpha-bar) * x``: the VP sample a DDPM-trained network sees."""
+    return x * alpha_bar(torch.as_tensor(sigma, dtype=torch.float64)).sqrt().to(x.dtype)
+
+
+def vp_to_ve(x_t: Tensor, sigma: float | Tensor) -> Tensor:
+    """``x = x_t / sqrt(alpha-bar)``: the inverse of :func:`ve_to_vp`. Unit-variance noise made
+    VE at the grid's first level is the samplers' start, diffusers' ``x_T`` in VP scale."""
+    return x_t * (1 + torch.as_tensor(sigma, dtype=torch.float64) ** 2).sqrt().to(x_t.dtype)
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
@@ -127,15 +147,15 @@ class NoiseSchedule:
 
     # --- forward process ------------------------------------------------------------------
 
-    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(sqrt(alpha-bar_t), sqrt(1 - alpha-bar_t))`` for integer timesteps ``t``."""
+    def vp_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_t, std_t) = (sqrt(alpha-bar_t), sqrt(1 - alpha-bar_t))`` for integer timesteps ``t``."""
         ac = self.alphas_cumprod.to(t.device)[t]
         return ac.sqrt(), (1 - ac).sqrt()
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Draw ``x_t ~ q(x_t | x_0)`` with the given standard-normal ``noise`` (Ho et al. 2020, eq. 4)."""
-        alpha, sigma = (v.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1))) for v in self.alpha_sigma(t))
-        return alpha * x0 + sigma * noise
+        alpha, std = (v.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1))) for v in self.vp_scales(t))
+        return alpha * x0 + std * noise
 
     def snr(self, t: Tensor) -> Tensor:
         """Signal-to-noise ratio ``alpha-bar_t / (1 - alpha-bar_t)``."""

@@ -9,7 +9,6 @@ checkpoint behind. Nothing here runs code on load: safetensors, or ``torch.load`
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from catdiff.errors import UserError
+from catdiff.io.json_files import read_json, write_json
 
 FORMAT = "catdiff.model/1"
 CONFIG_FILE = "config.json"
@@ -41,36 +41,18 @@ def write_model_folder(
 ) -> Path:
     """Write ``config.json`` and the weights into ``path`` (created if needed)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
+    write_json(path / CONFIG_FILE, {"format": FORMAT, **config})
     save_file(_contiguous(model_state), path / MODEL_FILE)
     if ema_state is not None:
         save_file(_contiguous(ema_state), path / EMA_FILE)
     return path
 
 
-def read_format_json(file: Path, format: str, what: str) -> dict[str, Any]:
-    """A JSON description that must carry ``"format": format``; anything else is a :class:`UserError`."""
-    try:
-        description = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"unreadable {file}: {error}") from None
-    if not isinstance(description, dict) or description.get("format") != format:
-        raise UserError(f"not a catdiff {what}: {file.parent}")
-    return description
-
-
 def read_config(path: Path) -> dict[str, Any]:
     """The config of a model folder; a folder that is not one is a :class:`UserError`."""
-    config_path = path / CONFIG_FILE
-    if not path.is_dir() or not config_path.is_file() or not (path / MODEL_FILE).is_file():
+    if not path.is_dir() or not (path / CONFIG_FILE).is_file() or not (path / MODEL_FILE).is_file():
         raise UserError(f"not a catdiff model folder or checkpoint: {path} (needs {CONFIG_FILE} and {MODEL_FILE})")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"unreadable {config_path}: {error}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise UserError(f"not a catdiff model folder: {config_path} has no format {FORMAT!r}")
-    return config
+    return read_json(path / CONFIG_FILE, format=FORMAT, what="model folder")
 
 
 def read_weights(path: Path, *, ema: bool = True) -> dict[str, torch.Tensor]:
@@ -80,24 +62,6 @@ def read_weights(path: Path, *, ema: bool = True) -> dict[str, torch.Tensor]:
         return load_file(file)
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise UserError(f"corrupt weights file {file}: {error}") from None
-
-
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load weights, refusing missing/unexpected keys or wrong shapes with the first offenders named."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:3]}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:3]}")
-    if wrong:
-        problems.append(f"wrong shapes for {wrong[:3]}")
-    if problems:
-        raise UserError(f"weights in {source} do not fit the model: {'; '.join(problems)}")
-    module.load_state_dict(state)
 
 
 # --- training checkpoints ------------------------------------------------------------------

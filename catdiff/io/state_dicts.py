@@ -1,15 +1,16 @@
-"""Weight files -> state dicts, and strict, copy-free loading of those into modules.
+"""Weight files -> state dicts, and the one strict loader of those into modules.
 
 Files are never unpickled: ``.safetensors`` are opened with ``safe_open``, whose tensors are
 views of a memory map, and ``.ckpt``/``.pt``/``.pth``/``.bin`` are read with
 ``torch.load(weights_only=True, mmap=True)``. Either way a tensor's bytes are read from disk
-only when it is used, and :func:`assign_weights` hands them to a module built on the meta
-device without a copy, so loading a checkpoint costs about its size in memory, not twice it.
+only when it is used, and :func:`load_state_strict` with ``assign=True`` hands them to a module
+built on the meta device without a copy, so loading a checkpoint costs about its size in memory,
+not twice it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from catdiff.errors import UserError
 
-__all__ = ["PICKLE_SUFFIXES", "assign_weights", "check_keys", "read_state_file"]
+__all__ = ["PICKLE_SUFFIXES", "load_state_strict", "read_state_file", "rename_key"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 KeySelector = Callable[[list[str]], list[str]]
@@ -82,39 +83,47 @@ def _first(keys: list[str]) -> str:
     return f"{keys[:3]}{more}"
 
 
-def check_keys(
-    expected: Iterable[str], found: Iterable[str], *, source: Path, what: str, name: KeyNamer = _same_name
-) -> None:
-    """Refuse missing or unexpected keys, naming the first ones as the file spells them (``name``)."""
-    expected, found = list(expected), list(found)
-    want, have = set(expected), set(found)
-    missing = [name(k) for k in expected if k not in have]
-    unexpected = [name(k) for k in found if k not in want]
+def load_state_strict(
+    module: ModuleT,
+    state: Mapping[str, Tensor],
+    source: Path,
+    *,
+    what: str = "the model",
+    name: KeyNamer = _same_name,
+    dtype: torch.dtype | None = None,
+    assign: bool = False,
+) -> ModuleT:
+    """Load ``state`` into ``module`` after checking every key and shape; returns ``module``.
+
+    A misfit is one :class:`UserError` naming the first missing, unexpected and wrong-shape keys
+    as the file spells them (``name``). Floating tensors are cast to ``dtype`` when given. With
+    ``assign=True`` a module built under ``torch.device("meta")`` takes the tensors themselves
+    (``load_state_dict(assign=True)``: no copy, no second allocation); otherwise they are copied
+    into its parameters, which keep their dtype, device and identity (an optimizer's references).
+    """
+    own = module.state_dict()
     problems = [
-        f"{kind} keys {_first(keys)}" for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys
+        f"{kind} {_first(keys)}"
+        for kind, keys in (
+            ("missing keys", [name(k) for k in own if k not in state]),
+            ("unexpected keys", [name(k) for k in state if k not in own]),
+            ("wrong shapes for", [name(k) for k, v in own.items() if k in state and v.shape != state[k].shape]),
+        )
+        if keys
     ]
     if problems:
         raise UserError(f"weights in {source} do not fit {what}: {'; '.join(problems)}")
-
-
-def assign_weights(
-    module: ModuleT,
-    state: Mapping[str, Tensor],
-    *,
-    source: Path,
-    what: str,
-    name: KeyNamer = _same_name,
-    dtype: torch.dtype | None = None,
-) -> ModuleT:
-    """Give ``module`` (typically built under ``torch.device("meta")``) the tensors of ``state``
-    themselves (``load_state_dict(assign=True)``: no copy, no second allocation), after checking
-    every key and shape; floating tensors are cast to ``dtype`` when given. Returns ``module``."""
-    own = module.state_dict()
-    check_keys(own, state, source=source, what=what, name=name)
-    wrong = [name(k) for k, v in own.items() if v.shape != state[k].shape]
-    if wrong:
-        raise UserError(f"weights in {source} do not fit {what}: wrong shapes for {_first(wrong)}")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    module.load_state_dict(state, strict=True, assign=True)
+    module.load_state_dict(state, strict=True, assign=assign)
     return module
+
+
+def rename_key(key: str, modules: Mapping[str, str]) -> str:
+    """``key`` with its longest module-path prefix found in ``modules`` renamed; else unchanged."""
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:n])
+        if module in modules:
+            return modules[module] + key[len(module) :]
+    return key

@@ -1,28 +1,8 @@
 """Load SD-1.x VAE weights into :class:`~catdiff.models.vae.AutoencoderKL` from the published formats.
 
 Our parameter names are diffusers' (``encoder.down_blocks.0.resnets.0.norm1.weight``), so a
-diffusers ``vae/`` folder loads as is. The CompVis names (``ldm/modules/diffusionmodules/model.py``
-of CompVis/stable-diffusion, used by standalone VAE files such as ``vae-ft-mse-840000-ema-pruned``
-and, under ``first_stage_model.``, by full SD single files) map as follows, for ``n`` levels:
-
-=====================================================  ==================================================
-CompVis                                                ours (diffusers)
-=====================================================  ==================================================
-``encoder.down.{i}.block.{j}.{norm1,conv1,norm2,conv2}``  ``encoder.down_blocks.{i}.resnets.{j}.<same>``
-``....block.{j}.nin_shortcut``                         ``....resnets.{j}.conv_shortcut``
-``encoder.down.{i}.downsample.conv``                   ``encoder.down_blocks.{i}.downsamplers.0.conv``
-``{encoder,decoder}.mid.block_1`` / ``block_2``        ``{encoder,decoder}.mid_block.resnets.0`` / ``.1``
-``{encoder,decoder}.mid.attn_1.norm``                  ``....mid_block.attentions.0.group_norm``
-``....attn_1.{q,k,v}`` (1x1 conv, ``[C, C, 1, 1]``)    ``....attentions.0.{to_q,to_k,to_v}`` (``[C, C]``)
-``....attn_1.proj_out`` (1x1 conv)                     ``....attentions.0.to_out.0`` (``[C, C]``)
-``decoder.up.{i}.block.{j}``                           ``decoder.up_blocks.{n-1-i}.resnets.{j}``
-``decoder.up.{i}.upsample.conv``                       ``decoder.up_blocks.{n-1-i}.upsamplers.0.conv``
-``{encoder,decoder}.norm_out``                         ``{encoder,decoder}.conv_norm_out``
-``conv_in``, ``conv_out``, ``quant_conv``, ``post_quant_conv``  unchanged
-=====================================================  ==================================================
-
-CompVis numbers the decoder's levels by resolution (``up.0`` is the full-resolution level, built
-last and ``insert``-ed at the front), diffusers by execution order, hence ``n-1-i``.
+diffusers ``vae/`` folder loads as is; the CompVis names of standalone VAE files and full SD
+single files are mapped by :mod:`catdiff.io.vae_keys`.
 
 Files are never unpickled: safetensors, or ``torch.load(weights_only=True, mmap=True)``. From a
 full SD single file only the ``first_stage_model.`` tensors are read. A file whose keys do not
@@ -34,10 +14,8 @@ state that standalone VAE releases carry: ``loss.*`` (LPIPS / discriminator) and
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +23,19 @@ import torch
 from torch import Tensor
 
 from catdiff.errors import UserError
-from catdiff.io.checkpoints import read_config, read_weights
-from catdiff.io.state_dicts import assign_weights, read_state_file
+from catdiff.io.checkpoints import CONFIG_FILE, read_config, read_weights, write_model_folder
+from catdiff.io.json_files import read_json
+from catdiff.io.state_dicts import KeyNamer, load_state_strict, read_state_file
+from catdiff.io.vae_keys import (
+    compvis_file_names,
+    compvis_key_namer,
+    compvis_shape,
+    fix_old_diffusers_attention,
+    is_compvis,
+    our_shape,
+    vae_state_from_compvis,
+)
+from catdiff.models import model_config
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
 
 __all__ = [
@@ -55,9 +44,8 @@ __all__ = [
     "infer_config",
     "load_vae",
     "read_vae_state",
+    "save_vae",
     "vae_from_state",
-    "vae_state_from_compvis",
-    "vae_state_to_compvis",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,123 +61,6 @@ DIFFUSERS_WEIGHTS = (
 #: Training-only entries of standalone CompVis VAE files, dropped on load.
 _IGNORED_PREFIXES = ("loss.",)
 _IGNORED_KEYS = frozenset({"model_ema.decay", "model_ema.num_updates"})
-
-# --- the CompVis <-> diffusers key map -------------------------------------------------------
-
-_RESNET_FROM_COMPVIS = {"nin_shortcut": "conv_shortcut"}
-_ATTN_FROM_COMPVIS = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-_RESNET_TO_COMPVIS = {v: k for k, v in _RESNET_FROM_COMPVIS.items()}
-_ATTN_TO_COMPVIS = {v: k for k, v in _ATTN_FROM_COMPVIS.items()}
-_TOP_FROM_COMPVIS = {"norm_out": "conv_norm_out"}
-_TOP_TO_COMPVIS = {v: k for k, v in _TOP_FROM_COMPVIS.items()}
-_ATTN_LINEAR = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def _compvis_levels(keys: Iterable[str]) -> int:
-    """The number of resolution levels of a CompVis VAE state (from ``decoder.up.{i}`` / ``encoder.down.{i}``)."""
-    found = [int(m.group(1)) for k in keys if (m := re.match(r"(?:decoder\.up|encoder\.down)\.(\d+)\.", k))]
-    return max(found) + 1 if found else 0
-
-
-def _key_from_compvis(key: str, levels: int) -> str:
-    """One CompVis key -> ours; a key outside the map comes back unchanged (and is refused later)."""
-    if m := re.fullmatch(r"encoder\.down\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)", key):
-        i, j, layer, p = m.groups()
-        return f"encoder.down_blocks.{i}.resnets.{j}.{_RESNET_FROM_COMPVIS.get(layer, layer)}.{p}"
-    if m := re.fullmatch(r"encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)", key):
-        return f"encoder.down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"
-    if (m := re.fullmatch(r"decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)", key)) and int(m[1]) < levels:
-        i, j, layer, p = m.groups()
-        return f"decoder.up_blocks.{levels - 1 - int(i)}.resnets.{j}.{_RESNET_FROM_COMPVIS.get(layer, layer)}.{p}"
-    if (m := re.fullmatch(r"decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)", key)) and int(m[1]) < levels:
-        return f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.conv.{m[2]}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid\.block_([12])\.(\w+)\.(weight|bias)", key):
-        part, n, layer, p = m.groups()
-        return f"{part}.mid_block.resnets.{int(n) - 1}.{_RESNET_FROM_COMPVIS.get(layer, layer)}.{p}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid\.attn_1\.(norm|q|k|v|proj_out)\.(weight|bias)", key):
-        part, layer, p = m.groups()
-        return f"{part}.mid_block.attentions.0.{_ATTN_FROM_COMPVIS[layer]}.{p}"
-    if m := re.fullmatch(r"(encoder|decoder)\.(norm_out)\.(weight|bias)", key):
-        return f"{m[1]}.{_TOP_FROM_COMPVIS[m[2]]}.{m[3]}"
-    return key
-
-
-def _key_to_compvis(key: str, levels: int) -> str:
-    """One key of ours -> CompVis; the inverse of :func:`_key_from_compvis`."""
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)", key):
-        i, j, layer, p = m.groups()
-        return f"encoder.down.{i}.block.{j}.{_RESNET_TO_COMPVIS.get(layer, layer)}.{p}"
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
-        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
-    m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)", key)
-    if m and int(m[1]) < levels:
-        i, j, layer, p = m.groups()
-        return f"decoder.up.{levels - 1 - int(i)}.block.{j}.{_RESNET_TO_COMPVIS.get(layer, layer)}.{p}"
-    m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key)
-    if m and int(m[1]) < levels:
-        return f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.([01])\.(\w+)\.(weight|bias)", key):
-        part, n, layer, p = m.groups()
-        return f"{part}.mid.block_{int(n) + 1}.{_RESNET_TO_COMPVIS.get(layer, layer)}.{p}"
-    attn = r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)"
-    if m := re.fullmatch(attn, key):
-        part, layer, p = m.groups()
-        return f"{part}.mid.attn_1.{_ATTN_TO_COMPVIS[layer]}.{p}"
-    if m := re.fullmatch(r"(encoder|decoder)\.(conv_norm_out)\.(weight|bias)", key):
-        return f"{m[1]}.{_TOP_TO_COMPVIS[m[2]]}.{m[3]}"
-    return key
-
-
-def _is_attn_linear_weight(key: str) -> bool:
-    return ".mid_block.attentions.0." in key and any(key.endswith(f".{n}.weight") for n in _ATTN_LINEAR)
-
-
-def _levels_of_ours(keys: Iterable[str]) -> int:
-    pattern = re.compile(r"(?:decoder\.up_blocks|encoder\.down_blocks)\.(\d+)\.")
-    found = [int(m.group(1)) for k in keys if (m := pattern.match(k))]
-    return max(found) + 1 if found else 0
-
-
-def vae_state_from_compvis(state: Mapping[str, Tensor], *, levels: int | None = None) -> dict[str, Tensor]:
-    """A CompVis-named VAE state dict (no ``first_stage_model.`` prefix) -> ours (diffusers names).
-
-    The attention's 1x1-conv weights ``[C, C, 1, 1]`` become linear ``[C, C]`` (views, no copy).
-    ``levels`` (the number of resolution levels, 4 for SD) is read from the keys when not given.
-    Keys outside the map are kept unchanged, so strict loading reports them.
-    """
-    levels = _compvis_levels(state) if levels is None else levels
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        new = _key_from_compvis(key, levels)
-        if _is_attn_linear_weight(new) and value.ndim == 4 and value.shape[2:] == (1, 1):
-            value = value.reshape(value.shape[0], value.shape[1])
-        out[new] = value
-    return out
-
-
-def vae_state_to_compvis(state: Mapping[str, Tensor], *, levels: int | None = None) -> dict[str, Tensor]:
-    """Our (diffusers-named) VAE state dict -> CompVis names and shapes (attention weights ``[C, C, 1, 1]``)."""
-    levels = _levels_of_ours(state) if levels is None else levels
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if _is_attn_linear_weight(key) and value.ndim == 2:
-            value = value.reshape(*value.shape, 1, 1)
-        out[_key_to_compvis(key, levels)] = value
-    return out
-
-
-def _fix_old_diffusers_attention(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Folders saved by older diffusers versions name the attention query/key/value/proj_attn."""
-    old = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-    out = {}
-    for key, value in state.items():
-        if m := re.fullmatch(r"(.*\.mid_block\.attentions\.0)\.(query|key|value|proj_attn)\.(weight|bias)", key):
-            key = f"{m[1]}.{old[m[2]]}.{m[3]}"
-            if value.ndim == 4 and value.shape[2:] == (1, 1):
-                value = value.reshape(value.shape[0], value.shape[1])
-        out[key] = value
-    return out
-
 
 # --- configs ------------------------------------------------------------------------------
 
@@ -248,7 +119,7 @@ def infer_config(
     The GroupNorm group count and the scaling factor leave no trace in the weights: they are
     SD's (32, 0.18215) unless given.
     """
-    levels = _levels_of_ours(state)
+    levels, layers = our_shape(state)
     if not levels:
         raise UserError(f"{source} holds no VAE weights (no encoder/decoder blocks, no {COMPVIS_PREFIX}* keys)")
 
@@ -270,9 +141,6 @@ def infer_config(
         )
         for i in range(levels)
     )
-    layer_ids = [int(m[1]) for k in state if (m := re.match(r"encoder\.down_blocks\.\d+\.resnets\.(\d+)\.", k))]
-    if not layer_ids:
-        layer_ids = [int(m[1]) - 1 for k in state if (m := re.match(r"decoder\.up_blocks\.\d+\.resnets\.(\d+)\.", k))]
     if "post_quant_conv.weight" in state or "decoder.conv_in.weight" in state:
         latent = dim([("post_quant_conv.weight", 0), ("decoder.conv_in.weight", 1)], "latent channels")
     else:
@@ -283,7 +151,7 @@ def infer_config(
             out_channels=dim([("decoder.conv_out.weight", 0)], "output channels"),
             latent_channels=latent,
             block_out_channels=widths,
-            layers_per_block=max(layer_ids, default=0) + 1,
+            layers_per_block=layers,
             norm_groups=norm_groups,
             scaling_factor=scaling_factor,
         )
@@ -308,10 +176,6 @@ def _drop_training_state(state: dict[str, Tensor], source: Path) -> dict[str, Te
     return {k: v for k, v in state.items() if k not in dropped}
 
 
-def _is_compvis(keys: Iterable[str]) -> bool:
-    return any(re.match(r"(encoder\.down|decoder\.up|(encoder|decoder)\.mid)\.", k) for k in keys)
-
-
 def read_vae_state(path: str | Path) -> tuple[dict[str, Tensor], str]:
     """The VAE tensors of a standalone file or full SD single file, as stored: ``(state, prefix)``.
 
@@ -331,42 +195,42 @@ def _build(
     config: AutoencoderKLConfig,
     state: dict[str, Tensor],
     source: Path,
-    name: Callable[[str], str] = lambda k: k,
+    name: KeyNamer = lambda k: k,
     dtype: torch.dtype = torch.float32,
 ) -> AutoencoderKL:
     with torch.device("meta"):
         model = AutoencoderKL(config)
-    return assign_weights(model, state, source=source, what="the VAE", name=name, dtype=dtype).eval()
+    return load_state_strict(model, state, source, what="the VAE", name=name, dtype=dtype, assign=True).eval()
 
 
-def _load_diffusers_folder(folder: Path, config: AutoencoderKLConfig | None, dtype: torch.dtype) -> AutoencoderKL:
-    config_file = folder / DIFFUSERS_CONFIG
-    try:
-        raw = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"unreadable {config_file}: {error}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{config_file} is not a JSON object")
+def _load_diffusers_folder(
+    folder: Path, raw: Mapping[str, Any], config: AutoencoderKLConfig | None, dtype: torch.dtype
+) -> AutoencoderKL:
     weights = next((folder / n for n in DIFFUSERS_WEIGHTS if (folder / n).is_file()), None)
     if weights is None:
         raise UserError(f"{folder} has no weights file (expected {DIFFUSERS_WEIGHTS[0]})")
-    config = config or config_from_diffusers(raw, source=config_file)
-    state = _fix_old_diffusers_attention(read_state_file(weights, lambda keys: keys))
-    return _build(config, state, weights, dtype=dtype)
+    config = config or config_from_diffusers(raw, source=folder / DIFFUSERS_CONFIG)
+    return _build(config, fix_old_diffusers_attention(read_state_file(weights)), weights, dtype=dtype)
 
 
 def _load_catdiff_folder(folder: Path, config: AutoencoderKLConfig | None, dtype: torch.dtype) -> AutoencoderKL:
-    fields = read_config(folder)
-    fields.pop("format", None)
-    kind = fields.pop("type", "autoencoder_kl")
-    if kind != "autoencoder_kl":
+    """A catdiff model folder (``config.json`` with ``"model": {"type": "autoencoder_kl", ...}``)."""
+    fields = read_config(folder).get("model")
+    fields = dict(fields) if isinstance(fields, dict) else {}
+    kind = fields.pop("type", None)
+    if kind != AutoencoderKL.kind:
         raise UserError(f"{folder} holds a {kind!r} model, not an AutoencoderKL")
     if config is None:
         try:
             config = AutoencoderKLConfig(**fields)
         except (TypeError, ValueError) as error:
-            raise UserError(f"{folder / 'config.json'}: unusable AutoencoderKL config: {error}") from None
+            raise UserError(f"{folder / CONFIG_FILE}: unusable AutoencoderKL config: {error}") from None
     return _build(config, read_weights(folder), folder, dtype=dtype)
+
+
+def save_vae(model: AutoencoderKL, folder: Path) -> Path:
+    """Write ``model`` as a catdiff model folder, which :func:`load_vae` reads back."""
+    return write_model_folder(folder, {"model": model_config(model)}, model.state_dict())
 
 
 def load_vae(
@@ -377,7 +241,7 @@ def load_vae(
     ``path`` may be
       - a diffusers ``vae/`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``),
         or a diffusers pipeline folder holding one;
-      - a catdiff model folder of an ``autoencoder_kl``;
+      - a catdiff model folder of an ``autoencoder_kl`` (see :func:`save_vae`);
       - a standalone VAE file with CompVis key names (``.safetensors``, or ``.ckpt``/``.pt``
         read weights-only, the weights possibly under ``"state_dict"``) or diffusers names;
       - a full SD-1.x single file: only its ``first_stage_model.*`` tensors are read.
@@ -396,12 +260,10 @@ def load_vae(
             path = path / "vae"
         if not (path / DIFFUSERS_CONFIG).is_file():
             raise UserError(f"{path} is not a VAE folder (no {DIFFUSERS_CONFIG})")
-        try:
-            is_catdiff = json.loads((path / DIFFUSERS_CONFIG).read_text()).get("format", "").startswith("catdiff.")
-        except (OSError, ValueError, AttributeError):
-            is_catdiff = False
-        load_folder = _load_catdiff_folder if is_catdiff else _load_diffusers_folder
-        return load_folder(path, config, dtype)
+        raw = read_json(path / DIFFUSERS_CONFIG, what="VAE config")
+        if str(raw.get("format", "")).startswith("catdiff."):
+            return _load_catdiff_folder(path, config, dtype)
+        return _load_diffusers_folder(path, raw, config, dtype)
     state, prefix = read_vae_state(path)
     return vae_from_state(state, source=path, prefix=prefix, config=config, dtype=dtype)
 
@@ -419,17 +281,20 @@ def vae_from_state(
     state = _drop_training_state(state, source)
     if not state:
         raise UserError(f"{source} holds no tensors")
-    if _is_compvis(state):
-        levels = len(config.block_out_channels) if config else _compvis_levels(state)
-        ours = vae_state_from_compvis(state, levels=levels)
-        if len(ours) != len(state):  # two file keys land on one of ours (a file mixing layouts)
-            landed: dict[str, list[str]] = {}
-            for key in state:
-                landed.setdefault(_key_from_compvis(key, levels), []).append(prefix + key)
-            clash = next(keys for keys in landed.values() if len(keys) > 1)
-            raise UserError(f"weights in {source} do not fit the VAE: keys {clash} name the same tensor")
-        config = config or infer_config(ours, source=source)
-        return _build(config, ours, source, name=lambda k: prefix + _key_to_compvis(k, levels), dtype=dtype)
-    state = _fix_old_diffusers_attention(state)
-    config = config or infer_config(state, source=source)
-    return _build(config, state, source, name=lambda k: prefix + k, dtype=dtype)
+    if not is_compvis(state):
+        state = fix_old_diffusers_attention(state)
+        config = config or infer_config(state, source=source)
+        return _build(config, state, source, name=lambda k: prefix + k, dtype=dtype)
+    shape = (len(config.block_out_channels), config.layers_per_block) if config else compvis_shape(state)
+    names = compvis_file_names(state, *shape)
+    clash = next((keys for keys in names.values() if len(keys) > 1), None)
+    if clash:  # a file mixing layouts: two of its keys land on one of ours
+        raise UserError(
+            f"weights in {source} do not fit the VAE: keys {[prefix + k for k in clash]} name the same tensor"
+        )
+    ours = vae_state_from_compvis(state, shape=shape)
+    config = config or infer_config(ours, source=source)
+    to_compvis = compvis_key_namer(*shape)
+    return _build(
+        config, ours, source, name=lambda k: prefix + (names[k][0] if k in names else to_compvis(k)), dtype=dtype
+    )

@@ -1,7 +1,8 @@
 """Denoisers and autoencoders, each built from a small config dataclass.
 
-``build_model({"type": "unet", **fields})`` builds a model from the dict stored in a model
-folder's ``config.json``; ``model_config(model)`` gives that dict back.
+``build_model({"type": "unet", **fields})`` builds a model from the dict that a model folder
+stores as its config (:mod:`catdiff.io.checkpoints` reads and writes it); ``model_config(model)``
+gives that dict back. Nothing here opens a file.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "unet": (UNet, UNetConfig),
     "seed_unet": (SeedUNet, SeedUNetConfig),
     "class_unet": (ClassUNet, ClassUNetConfig),
-    "autoencoder_kl": (AutoencoderKL, AutoencoderKLConfig),
+    AutoencoderKL.kind: (AutoencoderKL, AutoencoderKLConfig),
 }
 
 

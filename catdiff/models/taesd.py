@@ -8,26 +8,16 @@ x 0.18215), so they are what a denoiser trains on; do not scale them again.
 
 The modules here are indexed exactly like TAESD's ``nn.Sequential`` state dicts
 (``encoder.0.weight``, ``encoder.1.conv.0.weight``, ...), so the published files load
-without key remapping. A copy of the weights ships in ``catdiff/weights/taesd/``.
-diffusers' ``AutoencoderTiny`` is the same network under other key names.
+without key remapping; :func:`catdiff.io.taesd.load_taesd` reads them (a copy ships in
+``catdiff/weights/taesd/``). diffusers' ``AutoencoderTiny`` is the same network under other key names.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from catdiff.errors import UserError
-
-__all__ = ["TAESD", "TAESDDecoder", "TAESDEncoder", "BUNDLED_WEIGHTS"]
-
-BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "taesd"
-ENCODER_FILE = "taesd_encoder.safetensors"
-DECODER_FILE = "taesd_decoder.safetensors"
+__all__ = ["TAESD", "TAESDDecoder", "TAESDEncoder"]
 
 _WIDTH = 64  # every hidden conv of TAESD has 64 channels
 
@@ -121,12 +111,14 @@ class TAESDDecoder(nn.Sequential):
 class TAESD(nn.Module):
     """TAESD encoder and decoder in catdiff's conventions.
 
-    ``encode`` takes images in [-1, 1] and gives latents ready for diffusion (already scaled
-    like SD latents); ``decode`` takes such latents and gives images in about [-1, 1]
+    ``encode_latents`` takes images in [-1, 1] and gives latents ready for diffusion (already
+    scaled like SD latents); ``decode_latents`` takes such latents and gives images in about [-1, 1]
     (not clamped: clamp when converting to pixels, as ``catdiff.images.to_uint8`` does).
     Image sides should be multiples of 8.
     """
 
+    #: The ``type`` that autoencoder descriptors record.
+    kind = "taesd"
     latent_channels = 4
     downsampling_factor = 8
     #: The SD-1.x factor the latents already include (for reference; never apply it again).
@@ -137,36 +129,10 @@ class TAESD(nn.Module):
         self.encoder = TAESDEncoder(self.latent_channels)
         self.decoder = TAESDDecoder(self.latent_channels)
 
-    def encode(self, images: Tensor) -> Tensor:
+    def encode_latents(self, images: Tensor) -> Tensor:
         """Images ``[N, 3, H, W]`` in [-1, 1] -> latents ``[N, 4, H/8, W/8]``."""
         return self.encoder((images + 1) / 2)
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode_latents(self, latents: Tensor) -> Tensor:
         """Latents ``[N, 4, h, w]`` -> images ``[N, 3, 8h, 8w]`` in about [-1, 1]."""
         return self.decoder(latents) * 2 - 1
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path | None = None) -> TAESD:
-        """Load TAESD in float32, in eval mode, on the CPU.
-
-        ``path`` is a folder holding ``taesd_encoder.safetensors`` and
-        ``taesd_decoder.safetensors`` (the files of https://github.com/madebyollin/taesd);
-        by default the copy bundled with catdiff. Raises ``UserError`` naming the file
-        that is missing or does not hold TAESD weights.
-        """
-        folder = BUNDLED_WEIGHTS if path is None else Path(path)
-        model = cls()
-        for module, name in ((model.encoder, ENCODER_FILE), (model.decoder, DECODER_FILE)):
-            file = folder / name
-            if not file.is_file():
-                raise UserError(
-                    f"TAESD weights not found: {file} (get {name} from "
-                    "https://github.com/madebyollin/taesd, or leave the path out to use "
-                    "the copy bundled with catdiff)"
-                )
-            try:
-                module.load_state_dict(load_file(file))  # bf16 on disk -> copied into float32
-            except (SafetensorError, OSError, RuntimeError) as e:  # unreadable, or wrong keys
-                reason = " ".join(str(e).split())  # torch's message spans several lines
-                raise UserError(f"{file} does not hold TAESD weights: {reason}") from e
-        return model.eval()

@@ -264,6 +264,9 @@ class AutoencoderKL(nn.Module):
     Image sides should be multiples of ``downsampling_factor``.
     """
 
+    #: The ``type`` of its model config and of the autoencoder descriptors that latents record.
+    kind = "autoencoder_kl"
+
     def __init__(self, config: AutoencoderKLConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or AutoencoderKLConfig()

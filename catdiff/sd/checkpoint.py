@@ -10,7 +10,7 @@ Two layouts are read (Rombach et al. 2022 published the first, diffusers the sec
   present, ``scheduler/scheduler_config.json`` for the noise schedule.
 
 Memory: modules are built on the meta device and take the file's tensors themselves
-(:func:`catdiff.state_dicts.assign_weights`); safetensors and ``.ckpt`` files are memory-mapped,
+(:func:`catdiff.io.state_dicts.load_state_strict`); safetensors and ``.ckpt`` files are memory-mapped,
 so the weights are read once, into the model. ``dtype`` casts them (fp16 halves the memory).
 
 Checkpoints of other families are recognised and refused with a :class:`UserError` that names
@@ -20,7 +20,6 @@ them: SD-2.x (OpenCLIP text encoder, 1024-wide cross-attention), SDXL (two text 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,9 @@ from torch import Tensor
 
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.errors import UserError
-from catdiff.io import vae as vae_keys
-from catdiff.io.state_dicts import assign_weights, read_state_file
+from catdiff.io.json_files import read_json
+from catdiff.io.state_dicts import load_state_strict, read_state_file
+from catdiff.io.vae import COMPVIS_PREFIX, load_vae, vae_from_state
 from catdiff.models.vae import AutoencoderKL
 from catdiff.sd.text_encoder import (
     CLIPTextConfig,
@@ -53,7 +53,7 @@ __all__ = ["SD1_SCHEDULE", "StableDiffusionModels", "load_stable_diffusion", "mo
 #: SD-1.x's training schedule: scaled-linear betas from 0.00085 to 0.012 over 1000 steps.
 SD1_SCHEDULE = NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012)
 UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = vae_keys.COMPVIS_PREFIX
+VAE_PREFIX = COMPVIS_PREFIX
 TEXT_PREFIX = "cond_stage_model.transformer."
 DIFFUSERS_WEIGHTS = {
     "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"),
@@ -150,15 +150,16 @@ def models_from_single_file(
     unet_config = infer_config(unet_state, source=source)
     with torch.device("meta"):
         unet = SDUNet(unet_config)
-    assign_weights(
+    load_state_strict(
         unet,
         unet_state_from_compvis(unet_state, unet_config),
-        source=source,
+        source,
         what="the SD-1.x U-Net",
         name=compvis_key_namer(unet_config),
         dtype=dtype,
+        assign=True,
     )
-    vae = vae_keys.vae_from_state(vae_state, source=source, prefix=VAE_PREFIX, dtype=dtype)
+    vae = vae_from_state(vae_state, source=source, prefix=VAE_PREFIX, dtype=dtype)
     text_config = _clip_config(text_state, source)
     text_encoder = _text_encoder(text_state, text_config, source, dtype, name=lambda k: f"{TEXT_PREFIX}text_model.{k}")
     return _models(source, unet, vae, text_encoder, SD1_SCHEDULE)
@@ -176,20 +177,10 @@ def _text_encoder(
 ) -> CLIPTextEncoder:
     with torch.device("meta"):
         encoder = CLIPTextEncoder(config)
-    return assign_weights(encoder, state, source=source, what="the CLIP text encoder", name=name, dtype=dtype)
+    return load_state_strict(encoder, state, source, what="the CLIP text encoder", name=name, dtype=dtype, assign=True)
 
 
 # --- diffusers folders ----------------------------------------------------------------------
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"unreadable {file}: {error}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{file} is not a JSON object")
-    return config
 
 
 def _weights_file(folder: Path, part: str) -> Path:
@@ -207,7 +198,10 @@ def _folder_family(folder: Path, index: Mapping[str, Any], unet: Mapping[str, An
     if unet.get("use_linear_projection") or unet.get("upcast_attention"):
         return "an SD-2.x pipeline (linear attention projections)"
     scheduler = folder / "scheduler" / "scheduler_config.json"
-    if scheduler.is_file() and _read_json(scheduler).get("prediction_type", "epsilon") != "epsilon":
+    if (
+        scheduler.is_file()
+        and read_json(scheduler, what="scheduler config").get("prediction_type", "epsilon") != "epsilon"
+    ):
         return "a v-prediction pipeline (SD-2.x 768-v and kin)"
     if "Inpaint" in pipeline:
         return "an inpainting pipeline"
@@ -217,7 +211,7 @@ def _folder_family(folder: Path, index: Mapping[str, Any], unet: Mapping[str, An
 def _schedule_from_diffusers(file: Path) -> NoiseSchedule:
     if not file.is_file():
         return SD1_SCHEDULE
-    config = _read_json(file)
+    config = read_json(file, what="scheduler config")
     kinds = {"scaled_linear": "scaled_linear", "linear": "linear", "squaredcos_cap_v2": "cosine"}
     kind = kinds.get(config.get("beta_schedule", "scaled_linear"))
     if kind is None or config.get("trained_betas") is not None:
@@ -251,23 +245,26 @@ def _clip_config_from_transformers(config: Mapping[str, Any], source: Path) -> C
 def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> StableDiffusionModels:
     if not (folder / "model_index.json").is_file():
         raise UserError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
-    index = _read_json(folder / "model_index.json")
+    index = read_json(folder / "model_index.json", what="diffusers pipeline index")
     unet_config_file = folder / "unet" / "config.json"
-    unet_raw = _read_json(unet_config_file)
+    unet_raw = read_json(unet_config_file, what="U-Net config")
     _refuse_other_family(folder, _folder_family(folder, index, unet_raw))
 
     unet_config: SDUNetConfig = config_from_diffusers(unet_raw, source=unet_config_file)
     with torch.device("meta"):
         unet = SDUNet(unet_config)
     unet_file = _weights_file(folder / "unet", "unet")
-    assign_weights(unet, read_state_file(unet_file), source=unet_file, what="the SD-1.x U-Net", dtype=dtype)
+    load_state_strict(unet, read_state_file(unet_file), unet_file, what="the SD-1.x U-Net", dtype=dtype, assign=True)
 
     text_folder = folder / "text_encoder"
-    text_config = _clip_config_from_transformers(_read_json(text_folder / "config.json"), text_folder / "config.json")
+    text_config_file = text_folder / "config.json"
+    text_config = _clip_config_from_transformers(
+        read_json(text_config_file, what="text encoder config"), text_config_file
+    )
     text_file = _weights_file(text_folder, "text_encoder")
     text_state = clip_state_from_transformers(read_state_file(text_file))
     text_encoder = _text_encoder(text_state, text_config, text_file, dtype, name=lambda k: k)
 
-    vae = vae_keys.load_vae(folder / "vae", dtype=dtype)
+    vae = load_vae(folder / "vae", dtype=dtype)
     schedule = _schedule_from_diffusers(folder / "scheduler" / "scheduler_config.json")
     return _models(folder, unet, vae, text_encoder, schedule)

@@ -27,13 +27,14 @@ Inside a ResBlock: ``in_layers.0`` -> ``norm1``, ``in_layers.2`` -> ``conv1``, `
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from catdiff.errors import UserError
+from catdiff.io.state_dicts import KeyNamer, rename_key
 from catdiff.sd.unet import SDUNetConfig
 
 __all__ = [
@@ -98,32 +99,22 @@ def unet_key_map(config: SDUNetConfig) -> dict[str, str]:
     return dict(_module_pairs(config))
 
 
-def _rename(key: str, modules: Mapping[str, str]) -> str:
-    """``key`` with its longest module-path prefix found in ``modules`` renamed; else unchanged."""
-    parts = key.split(".")
-    for n in range(len(parts) - 1, 0, -1):
-        module = ".".join(parts[:n])
-        if module in modules:
-            return modules[module] + key[len(module) :]
-    return key
-
-
 def unet_state_from_compvis(state: Mapping[str, Tensor], config: SDUNetConfig) -> dict[str, Tensor]:
     """CompVis U-Net tensors (``model.diffusion_model.`` stripped) -> ours; unknown keys pass unchanged."""
     modules = unet_key_map(config)
-    return {_rename(key, modules): value for key, value in state.items()}
+    return {rename_key(key, modules): value for key, value in state.items()}
 
 
 def unet_state_to_compvis(state: Mapping[str, Tensor], config: SDUNetConfig) -> dict[str, Tensor]:
     """Our U-Net tensors -> CompVis names (the inverse of :func:`unet_state_from_compvis`)."""
     modules = {ours: compvis for compvis, ours in unet_key_map(config).items()}
-    return {_rename(key, modules): value for key, value in state.items()}
+    return {rename_key(key, modules): value for key, value in state.items()}
 
 
-def compvis_key_namer(config: SDUNetConfig, prefix: str = COMPVIS_PREFIX) -> Callable[[str], str]:
+def compvis_key_namer(config: SDUNetConfig, prefix: str = COMPVIS_PREFIX) -> KeyNamer:
     """A function naming one of our keys as the CompVis file spells it (for error messages)."""
     modules = {ours: compvis for compvis, ours in unet_key_map(config).items()}
-    return lambda key: prefix + _rename(key, modules)
+    return lambda key: prefix + rename_key(key, modules)
 
 
 # --- configs ----------------------------------------------------------------------------------

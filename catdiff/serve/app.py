@@ -1,10 +1,10 @@
 """The web app: a page with a Generate button, and a JSON API over one pipeline.
 
 Requests go through a :class:`~catdiff.serve.batcher.MicroBatcher`, so concurrent requests with
-the same sampler and step count share network evaluations. Each request's start noise comes
-from its own seed, so with a deterministic sampler (DDIM, Euler, Heun, DPM-Solver++ ODE) a
-request gives the same image alone or batched with others; stochastic samplers draw their
-per-step noise from the batch's first seed.
+the same sampler and step count share network evaluations. Candidate ``j`` of a request with
+seed ``s`` is the image of seed ``s + j``: its start noise and every per-step draw come from its
+own generator, so a request gives the same images alone, pooled with others, or from
+``catdiff generate --seed s``, with every sampler.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
+from catdiff.diffusion.noise import image_generators
 from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.errors import UserError
 from catdiff.images import to_pil
@@ -85,24 +86,14 @@ class Generator:
 
     def __call__(self, jobs: list[Job]) -> list[GenerateResponse]:
         first = jobs[0].params
-        shape = self.pipeline.sample_shape
-        noise = torch.cat(
-            [
-                torch.randn(job.images, *shape, generator=torch.Generator().manual_seed(job.params["seed"]))
-                for job in jobs
-            ]
-        )
+        seeds = [job.params["seed"] + j for job in jobs for j in range(job.images)]
 
         def progress(info: dict[str, Any]) -> None:
             for job in jobs:
                 job.steps_done = int(info["i"]) + 1
 
-        images = self.pipeline.sample_from_noise(
-            noise,
-            steps=first["steps"],
-            sampler=first["sampler"],
-            generator=torch.Generator().manual_seed(first["seed"]),
-            callback=progress,
+        images = self.pipeline.sample_batch(
+            image_generators(seeds), steps=first["steps"], sampler=first["sampler"], callback=progress
         )
         responses, start = [], 0
         for job in jobs:
@@ -137,11 +128,16 @@ def load_default_scorer(folder: Path) -> Scorer | None:
 
 
 def create_app(
-    model: str | Path = "cats", *, max_batch_images: int = 32, max_pending: int = 64, window_s: float = 0.05
+    model: str | Path = "cats",
+    *,
+    device: str | torch.device = "cpu",
+    max_batch_images: int = 32,
+    max_pending: int = 64,
+    window_s: float = 0.05,
 ) -> FastAPIOffline:
-    """The app for one pipeline (a bundled model's name or a pipeline folder)."""
+    """The app for one pipeline (a bundled model's name or a pipeline folder), sampled on ``device``."""
     folder = pipeline_folder(model)
-    pipeline = Pipeline.from_folder(folder)
+    pipeline = Pipeline.from_folder(folder, device=device)
     scorer = load_default_scorer(folder)
     batcher = MicroBatcher(
         Generator(pipeline, scorer), max_batch_images=max_batch_images, max_pending=max_pending, window_s=window_s

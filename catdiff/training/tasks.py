@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from catdiff.data.image_folder import uint8_to_float
-from catdiff.diffusion.objective import Prediction, min_snr_weight, training_target
+from catdiff.diffusion.denoiser import Denoiser
+from catdiff.diffusion.objective import Prediction
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.models import AutoencoderKL
 from catdiff.pipeline import Pipeline
@@ -53,15 +54,10 @@ class DiffusionTask:
         return t, torch.randn(x0.shape, generator=generator)
 
     def loss(self, network: nn.Module, x0: Tensor, *draws: Tensor) -> Tensor:
+        """The loss of the same :class:`Denoiser` that samples the model."""
         t, noise, *condition = draws
-        alpha, sigma = (v.float().view(-1, 1, 1, 1) for v in self.schedule.alpha_sigma(t))
-        x_t = alpha * x0 + sigma * noise
-        target = training_target(self.prediction, x0, noise, alpha, sigma)
-        output = network(x_t, t.float(), *condition).float()
-        per_sample = (output - target).pow(2).mean(dim=(1, 2, 3))
-        if self.min_snr_gamma is not None:
-            per_sample = per_sample * min_snr_weight(self.prediction, self.schedule.snr(t), self.min_snr_gamma).float()
-        return per_sample.mean()
+        denoiser = Denoiser(lambda x_t, t: network(x_t, t, *condition), self.schedule, self.prediction)
+        return denoiser.loss(x0, t, noise, min_snr_gamma=self.min_snr_gamma)
 
     def config(self) -> dict[str, Any]:
         return {

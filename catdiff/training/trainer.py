@@ -32,12 +32,12 @@ from catdiff.errors import UserError
 from catdiff.images import save_grid
 from catdiff.io.checkpoints import (
     checkpoint_dirs,
-    load_state_strict,
     read_config,
     read_training_state,
     read_weights,
     save_checkpoint,
 )
+from catdiff.io.state_dicts import load_state_strict
 from catdiff.models import NULL_CLASS, AutoencoderKL, ClassUNet, build_model, model_config
 from catdiff.training.ema import EMA
 from catdiff.training.tasks import AutoencoderTask, DiffusionTask, Task

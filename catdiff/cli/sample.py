@@ -1,0 +1,198 @@
+"""``catdiff sample``, ``catdiff generate`` and ``catdiff export``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import Tensor
+
+from catdiff.cli.options import (
+    add_device_option,
+    add_sampler_options,
+    check_writable,
+    make_writable_folder,
+    positive_int,
+)
+from catdiff.errors import UserError
+from catdiff.rerank import DEFAULT_PROMPT, SCORERS
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    add_sample_parser(commands)
+    add_export_parser(commands)
+    add_generate_parser(commands)
+
+
+# --- options shared by sample and generate --------------------------------------------------------
+
+
+def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
+    """``--n --seed --steps --sampler --spacing --precision --class --guidance --device``, and the
+    output: a grid ``--out`` (default ``grid``) or one PNG per seed in ``--out-dir``."""
+    p.add_argument("--n", type=positive_int, default=16, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images; image i has seed + i")
+    add_sampler_options(p)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
+    p.add_argument("--class", dest="label", type=int, help="class-conditional models: the class of every image")
+    p.add_argument(
+        "--guidance", type=float, help="class-conditional models: classifier-free guidance scale (default: the model's)"
+    )
+    add_device_option(p, "sample on")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", type=Path, default=Path(grid), help=f"grid PNG to write (default {grid})")
+    out.add_argument("--out-dir", type=Path, help="write one PNG per image instead, named by its seed: DIR/000042.png")
+
+
+def condition_options(args: argparse.Namespace, pipeline: Any, n: int) -> dict[str, Any]:
+    """The ``condition`` of ``Pipeline.sample``: ``--class`` for all ``n`` images or, on a
+    class-conditional model without it, the classes in turn; the model's guidance by default."""
+    if pipeline.num_classes is None:
+        if args.label is not None or args.guidance is not None:
+            raise UserError("--class and --guidance need a class-conditional model; this one is unconditional")
+        return {}
+    labels = [args.label] * n if args.label is not None else [i % pipeline.num_classes for i in range(n)]
+    return {"condition": pipeline.class_condition(labels, args.guidance)}
+
+
+def sampling_options(args: argparse.Namespace, pipeline: Any, n: int) -> dict[str, Any]:
+    """The options of :func:`add_sampling_options` for ``Pipeline.sample`` of ``n`` images, the
+    pipeline's own sampler, steps and spacing where none was given."""
+    options = {key: getattr(args, key) or pipeline.sampling[key] for key in ("steps", "sampler", "spacing")}
+    if options["steps"] > pipeline.schedule.T:
+        raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {options['steps']}")
+    options.update(seed=args.seed, precision=args.precision, progress=None)
+    return options | condition_options(args, pipeline, n)
+
+
+def prepare_output(args: argparse.Namespace) -> None:
+    """Fail before sampling if the output cannot be written; create ``--out-dir``."""
+    if args.out_dir is None:
+        check_writable(args.out)
+    else:
+        make_writable_folder(args.out_dir)
+
+
+def write_output(args: argparse.Namespace, images: Tensor, seeds: Sequence[int], options: dict[str, Any]) -> None:
+    """A grid at ``--out``, or ``--out-dir/<seed>.png`` per image; then say what was written."""
+    from catdiff.images import save_grid, to_pil
+
+    if args.out_dir is None:
+        save_grid(images, args.out)
+    else:
+        for seed, image in zip(seeds, to_pil(images)):
+            image.save(args.out_dir / f"{seed:06d}.png")
+    how = f"{options['sampler']}, {options['steps']} steps on the {options['spacing']} grid, seed {options['seed']}"
+    print(f"wrote {len(images)} images ({how}) to {args.out_dir or args.out}")
+
+
+# --- sample --------------------------------------------------------------------------------------
+
+
+def add_sample_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "sample",
+        help="sample a trained model into a PNG grid",
+        description="Sample images from a run, checkpoint or model folder.",
+    )
+    p.add_argument(
+        "model", type=Path, help="pipeline folder, run folder (newest checkpoint), checkpoint or model folder"
+    )
+    add_sampling_options(p, "samples.png")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from catdiff.pipeline import Pipeline
+
+    prepare_output(args)
+    pipeline = Pipeline.from_folder(args.model, ema=not args.no_ema, device=args.device)
+    options = sampling_options(args, pipeline, args.n)
+    write_output(args, pipeline.sample(args.n, **options), range(args.seed, args.seed + args.n), options)
+
+
+# --- generate ------------------------------------------------------------------------------------
+
+
+def add_generate_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "generate",
+        help="make new images with the bundled cat model (or another pipeline)",
+        description="Make a PNG grid of new images from a pipeline folder; by default the bundled cat model.",
+    )
+    p.add_argument("--model", default="cats", help="a bundled model's name or a pipeline folder (default: cats)")
+    add_sampling_options(p, "cats.png")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
+    p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
+    p.add_argument("--scorer", choices=SCORERS, default="eigen", help="how --best-of ranks the candidates")
+    p.add_argument("--clip-model", type=Path, help="local CLIP folder (transformers or open_clip) for --scorer clip")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="what the CLIP scorer compares images with")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from catdiff.pipeline import Pipeline, pipeline_folder
+    from catdiff.rerank import load_scorer
+
+    prepare_output(args)
+    if args.best_of is not None and args.best_of < args.n:
+        raise UserError(f"--best-of ({args.best_of}) must be at least --n ({args.n})")
+    folder = pipeline_folder(args.model)
+    pipeline = Pipeline.from_folder(folder, device=args.device)
+    scorer = None
+    if args.best_of is not None:
+        scorer = load_scorer(args.scorer, pipeline=folder, clip_model=args.clip_model, prompt=args.prompt)
+    if args.compile:
+        pipeline.compile()
+    options = sampling_options(args, pipeline, args.best_of or args.n)
+    if scorer is None:
+        images, seeds = pipeline.sample(args.n, **options), range(args.seed, args.seed + args.n)
+    else:
+        images, scores, indices = pipeline.best_of(args.best_of, args.n, scorer, **options)
+        seeds = [args.seed + int(i) for i in indices]
+        print(f"{scorer.name} scores of the best {args.n} of {args.best_of}: " + " ".join(f"{v:.4f}" for v in scores))
+    write_output(args, images, seeds, options)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "export",
+        help="write a self-contained pipeline folder",
+        description="Write a pipeline folder (pipeline.json, unet/, autoencoder/) that holds everything needed to sample.",
+    )
+    p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
+    p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    p.add_argument("--fp16", action="store_true", help="store the denoiser's weights in float16 (half the size)")
+    add_sampler_options(p, "stored as the pipeline's default")
+    p.add_argument("--guidance", type=float, help="a class-conditional pipeline's default guidance scale")
+    p.add_argument(
+        "--reference-images",
+        type=Path,
+        help="training images: store what the eigen, typicality and neighbours scorers need",
+    )
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from catdiff.io.checkpoints import read_config, resolve_model_folder
+    from catdiff.pipeline import Pipeline
+    from catdiff.rerank import fit_reference_scorers
+
+    folder = resolve_model_folder(args.model)
+    pipeline = Pipeline.from_folder(folder, ema=not args.no_ema)
+    if args.guidance is not None:
+        pipeline.class_condition([0], args.guidance)  # refuses bad guidance, or any on an unconditional model
+    chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "guidance": args.guidance}
+    pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
+    pipeline.save(args.out, read_config(folder), dtype=torch.float16 if args.fp16 else torch.float32)
+    if args.reference_images is not None:
+        fit_reference_scorers(args.reference_images, args.out)
+    print(f"wrote pipeline {args.out}")

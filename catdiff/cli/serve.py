@@ -1,0 +1,32 @@
+"""``catdiff serve``: the web app."""
+
+from __future__ import annotations
+
+import argparse
+
+from catdiff.cli.options import add_device_option, positive_int
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="serve the web app: a Generate button and a JSON API",
+        description="Serve a page with a Generate button and the JSON API (POST /api/generate; docs at /docs).",
+    )
+    p.add_argument("--model", default="cats", help="a bundled model's name or a pipeline folder (default: cats)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=positive_int, default=32, help="images per shared batch, at most")
+    p.add_argument("--max-queue", type=positive_int, default=64, help="images waiting, at most (then 503)")
+    add_device_option(p, "sample on")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from catdiff.serve import create_app
+
+    app = create_app(args.model, device=args.device, max_batch_images=args.max_batch, max_pending=args.max_queue)
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ ({args.device})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
