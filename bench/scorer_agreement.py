@@ -8,6 +8,10 @@
 labels them is blind to the scorer. ``auc`` samples the same images again (same seed), scores
 them and prints the ROC AUC of the scores for "good" against the rest (0.5 is chance), with a
 one-sided permutation p-value (Mann & Whitney 1947; Hanley & McNeil 1982 for AUC = U / (n1 n0)).
+
+The labels in ``bench/labels/`` were made before catdiff drew each image from its own seed: those
+64 images come from one generator shared by the whole batch. ``--shared-generator`` draws them
+that way again (the same generator handed to every image, in order), so the labels still fit.
 """
 
 from __future__ import annotations
@@ -54,12 +58,16 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, help="auc: JSON list of the indices a person picked as good")
     parser.add_argument("--scorers", nargs="+", default=["eigen", "typicality", "neighbours"], choices=SCORERS)
     parser.add_argument("--clip-model", type=Path)
+    parser.add_argument("--shared-generator", action="store_true", help="one generator for the batch (bench/labels/)")
     args = parser.parse_args()
 
     folder = pipeline_folder(args.model)
     pipeline = Pipeline.from_folder(folder)
     options = {"steps": args.steps, "sampler": args.sampler, "spacing": args.spacing}
-    images = pipeline.sample(args.n, seed=args.seed, batch_size=args.n, **options)
+    if args.shared_generator:
+        images = pipeline.sample_batch([torch.Generator().manual_seed(args.seed)] * args.n, **options)
+    else:
+        images = pipeline.sample(args.n, seed=args.seed, batch_size=args.n, **options)
     if args.task == "grid":
         print(f"wrote {save_grid(images, args.out or Path(f'agreement-seed{args.seed}.png'), nrow=8)}")
         return

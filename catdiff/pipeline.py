@@ -318,7 +318,7 @@ class Pipeline:
         their seeds are ``seed + indices``), best first. ``options`` go to :meth:`sample`."""
         if not 1 <= keep <= candidates:
             raise UserError(f"keep must be between 1 and the {candidates} candidates, got {keep}")
-        images = self.sample(candidates, batch_size=candidates, **options)
+        images = self.sample(candidates, batch_size=candidates, **options).cpu()  # scorers work on the CPU
         scores = scorer(images)
         order = scores.argsort(descending=True)[:keep]
         return images[order], scores[order], order

@@ -85,6 +85,18 @@ def test_txt2img_matches_diffusers(reference, ours, source: str, sampler: str) -
     torch.testing.assert_close((image + 1) / 2, theirs, atol=IMAGE_TOL, rtol=0)
 
 
+def test_per_image_seeds_match_diffusers_given_a_list_of_generators(reference, ours) -> None:
+    """Image i of seed S is the image of seed S + i: diffusers with one generator per image agrees."""
+    pipe, _ = reference
+    generators = [torch.Generator().manual_seed(seed) for seed in (5, 6)]
+    theirs = diffusers_image(pipe, "ddim", "pt", generator=generators, num_images_per_prompt=2)
+    options = {"negative_prompt": NEGATIVE, "guidance": 7.5, "steps": 8, "sampler": "ddim", "spacing": "trailing"}
+    both = ours["safetensors"].text_to_image(PROMPT, n=2, seed=5, size=SIZE, **options)
+    torch.testing.assert_close((both + 1) / 2, theirs, atol=IMAGE_TOL, rtol=0)
+    second = ours["safetensors"].text_to_image(PROMPT, n=1, seed=6, size=SIZE, **options)
+    torch.testing.assert_close(second[0], both[1], atol=1e-5, rtol=0)
+
+
 def test_img2img_matches_diffusers(reference, ours) -> None:
     pipe, _ = reference
     init = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(8))  # [0, 1], as diffusers takes tensors

@@ -94,7 +94,7 @@ class Generator:
 
         images = self.pipeline.sample_batch(
             image_generators(seeds), steps=first["steps"], sampler=first["sampler"], callback=progress
-        )
+        ).cpu()
         responses, start = [], 0
         for job in jobs:
             mine = images[start : start + job.images]

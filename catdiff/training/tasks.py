@@ -16,7 +16,6 @@ from catdiff.data.image_folder import uint8_to_float
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.objective import Prediction
 from catdiff.diffusion.schedule import NoiseSchedule
-from catdiff.models import AutoencoderKL
 from catdiff.pipeline import Pipeline
 
 
@@ -79,7 +78,7 @@ class AutoencoderTask:
     """Reconstruction (MSE) plus a weighted KL to N(0, I): the VAE objective of latent
     diffusion's first stage (Kingma & Welling 2014; Rombach et al. 2022, without the GAN)."""
 
-    def __init__(self, model: AutoencoderKL, *, kl_weight: float) -> None:
+    def __init__(self, model: nn.Module, *, kl_weight: float) -> None:
         self.latent_channels = model.latent_channels
         self.factor = model.downsampling_factor
         self.kl_weight = kl_weight

@@ -38,7 +38,7 @@ from catdiff.io.checkpoints import (
     save_checkpoint,
 )
 from catdiff.io.state_dicts import load_state_strict
-from catdiff.models import NULL_CLASS, AutoencoderKL, ClassUNet, build_model, model_config
+from catdiff.models import NULL_CLASS, build_model, model_config
 from catdiff.training.ema import EMA
 from catdiff.training.tasks import AutoencoderTask, DiffusionTask, Task
 
@@ -118,8 +118,8 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def make_task(config: TrainConfig, network: torch.nn.Module, *, pixels: bool) -> Task:
-    """Autoencoders learn to reconstruct; every other model learns to denoise."""
-    if isinstance(network, AutoencoderKL):
+    """Autoencoders (a model with latents to decode) learn to reconstruct; every other model learns to denoise."""
+    if hasattr(network, "decode_latents"):
         return AutoencoderTask(network, kl_weight=config.kl_weight)
     # Pixels live in [-1, 1]: keeping the x0 estimate in range stops the first, noisiest
     # sampling steps from throwing samples off the data (Ho et al. 2020, sec. 3.3); the
@@ -157,13 +157,15 @@ class BatchOrder:
 
 
 def class_labels(network: torch.nn.Module, labels: Tensor | None) -> Tensor | None:
-    """The labels a class-conditional ``network`` trains on, checked; None for other networks."""
-    if not isinstance(network, ClassUNet):
+    """The labels a class-conditional ``network`` (one with ``num_classes``) trains on, checked;
+    None for other networks."""
+    num_classes = getattr(network, "num_classes", None)
+    if num_classes is None:
         return None
     if labels is None:
         raise UserError("a class-conditional model needs labelled data: a digits folder or a latent cache of one")
-    if labels.min() < 0 or labels.max() >= network.num_classes:
-        raise UserError(f"labels must be 0 .. {network.num_classes - 1} for this model, found {labels.max().item()}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"labels must be 0 .. {num_classes - 1} for this model, found {labels.max().item()}")
     return labels
 
 
