@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -301,17 +302,22 @@ class EigenScorer:
         return -(coordinates.square() / self.variances).sum(1).sqrt().float()
 
 
-SCORERS = ("typicality", "neighbours", "eigen", "clip")
+#: Scorers whose statistics a pipeline folder stores (``catdiff export --reference-images``), by name.
+STORED_SCORERS: dict[str, Callable[[Path], Scorer]] = {
+    "typicality": TypicalityScorer.load,
+    "neighbours": NeighbourScorer.load,
+    "eigen": EigenScorer.load,
+}
+SCORERS = (*STORED_SCORERS, "clip")
+DEFAULT_SCORER = "eigen"  # measured against a person's labels (docs/MODEL_CARD.md)
 
 
-def load_scorer(kind: str, *, pipeline: Path, clip_model: Path | None = None, prompt: str = DEFAULT_PROMPT) -> Scorer:
-    """``"typicality"`` (the statistics stored in a pipeline folder) or ``"clip"`` (a local CLIP)."""
-    if kind == "typicality":
-        return TypicalityScorer.load(pipeline)
-    if kind == "neighbours":
-        return NeighbourScorer.load(pipeline)
-    if kind == "eigen":
-        return EigenScorer.load(pipeline)
+def load_scorer(
+    kind: str = DEFAULT_SCORER, *, pipeline: Path, clip_model: Path | None = None, prompt: str = DEFAULT_PROMPT
+) -> Scorer:
+    """A scorer by name: one of :data:`STORED_SCORERS` from a pipeline folder, or ``"clip"`` (a local CLIP)."""
+    if kind in STORED_SCORERS:
+        return STORED_SCORERS[kind](pipeline)
     if kind == "clip":
         if clip_model is None:
             raise UserError("the clip scorer needs --clip-model PATH (a local CLIP folder; nothing is downloaded)")
@@ -326,5 +332,5 @@ def fit_reference_scorers(images_folder: Path, pipeline_folder: Path, *, at_most
 
     images = ImageFolder(images_folder, NeighbourScorer.SIZE, preload=True).images
     references = uint8_to_float(images[:: max(1, len(images) // at_most)])
-    for scorer in (TypicalityScorer, NeighbourScorer, EigenScorer):
+    for scorer in (TypicalityScorer, NeighbourScorer, EigenScorer):  # the classes of STORED_SCORERS
         scorer.fit(references).save(pipeline_folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from catdiff.io.checkpoints import read_weights
@@ -35,6 +36,7 @@ def test_bundled_model_makes_128px_images_and_the_same_seed_gives_the_same_image
     assert torch.allclose(blocks, reference, atol=0.02), (blocks - reference).abs().max()
 
 
+@pytest.mark.slow
 def test_bundled_default_sampling_lands_closer_to_the_ode_solution_than_50_ddim_steps() -> None:
     """The bar of the fast-sampling issue on two samples: the shipped sampler, at most 15 network
     evaluations, against 50 DDIM steps on every grid, both measured from 1,000 DDIM steps from the

@@ -69,6 +69,7 @@ def test_cache_holds_latents_mirrors_and_statistics(cache: Path) -> None:
     assert loaded.manifest["autoencoder"] == taesd.descriptor()
 
 
+@pytest.mark.slow
 def test_killed_encoder_resumes_without_redoing_shards(images: Path, cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = ("encode", str(images), "--size", "64", "--shard-size", "8", "--batch-size", "8", "--out", str(out))

@@ -59,6 +59,7 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_exact(data: Path, uninterrupted: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     process = subprocess.Popen(
@@ -100,6 +101,7 @@ def test_log_holds_loss_lr_and_throughput(uninterrupted: Path) -> None:
     assert records[-1]["lr"] == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_global_batch(
     data: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:

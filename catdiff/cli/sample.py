@@ -16,7 +16,7 @@ from catdiff.cli.options import (
     positive_int,
 )
 from catdiff.errors import UserError
-from catdiff.rerank import DEFAULT_PROMPT, SCORERS
+from catdiff.rerank import DEFAULT_PROMPT, DEFAULT_SCORER, SCORERS
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -126,7 +126,7 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     add_sampling_options(p, "cats.png")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
     p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
-    p.add_argument("--scorer", choices=SCORERS, default="eigen", help="how --best-of ranks the candidates")
+    p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER, help="how --best-of ranks the candidates")
     p.add_argument("--clip-model", type=Path, help="local CLIP folder (transformers or open_clip) for --scorer clip")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="what the CLIP scorer compares images with")
     p.set_defaults(run=run_generate)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from catdiff.cli.options import add_device_option, positive_int
+from catdiff.rerank import DEFAULT_SCORER, STORED_SCORERS
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -18,6 +19,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=positive_int, default=32, help="images per shared batch, at most")
     p.add_argument("--max-queue", type=positive_int, default=64, help="images waiting, at most (then 503)")
+    p.add_argument(
+        "--scorer", choices=(*STORED_SCORERS, "none"), default=DEFAULT_SCORER, help="how candidates are ranked"
+    )
     add_device_option(p, "sample on")
     p.set_defaults(run=run_serve)
 
@@ -27,6 +31,9 @@ def run_serve(args: argparse.Namespace) -> None:
 
     from catdiff.serve import create_app
 
-    app = create_app(args.model, device=args.device, max_batch_images=args.max_batch, max_pending=args.max_queue)
+    scorer = None if args.scorer == "none" else args.scorer
+    app = create_app(
+        args.model, device=args.device, scorer=scorer, max_batch_images=args.max_batch, max_pending=args.max_queue
+    )
     print(f"serving {args.model} on http://{args.host}:{args.port}/ ({args.device})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

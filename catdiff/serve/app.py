@@ -28,7 +28,7 @@ from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.errors import UserError
 from catdiff.images import to_pil
 from catdiff.pipeline import Pipeline, pipeline_folder
-from catdiff.rerank import EigenScorer, Scorer
+from catdiff.rerank import DEFAULT_SCORER, Scorer, load_scorer
 from catdiff.serve.batcher import Job, MicroBatcher, QueueFull
 
 STATIC = Path(__file__).parent / "static"
@@ -120,9 +120,10 @@ class Generator:
         )
 
 
-def load_default_scorer(folder: Path) -> Scorer | None:
+def stored_scorer(kind: str | None, folder: Path) -> Scorer | None:
+    """The pipeline folder's ``kind`` scorer, or None when there is none or it stores no statistics."""
     try:
-        return EigenScorer.load(folder)
+        return None if kind is None else load_scorer(kind, pipeline=folder)
     except UserError:
         return None
 
@@ -131,16 +132,18 @@ def create_app(
     model: str | Path = "cats",
     *,
     device: str | torch.device = "cpu",
+    scorer: str | None = DEFAULT_SCORER,
     max_batch_images: int = 32,
     max_pending: int = 64,
     window_s: float = 0.05,
 ) -> FastAPIOffline:
-    """The app for one pipeline (a bundled model's name or a pipeline folder), sampled on ``device``."""
+    """The app for one pipeline (a bundled model's name or a pipeline folder), sampled on ``device``;
+    candidates are ranked by the folder's ``scorer`` (none if None, or if the folder has no statistics)."""
     folder = pipeline_folder(model)
     pipeline = Pipeline.from_folder(folder, device=device)
-    scorer = load_default_scorer(folder)
+    ranker = stored_scorer(scorer, folder)
     batcher = MicroBatcher(
-        Generator(pipeline, scorer), max_batch_images=max_batch_images, max_pending=max_pending, window_s=window_s
+        Generator(pipeline, ranker), max_batch_images=max_batch_images, max_pending=max_pending, window_s=window_s
     )
     app = FastAPIOffline(title="catdiff", description="Make new images with a diffusion model; one click, a new cat.")
     app.state.batcher = batcher
@@ -181,7 +184,7 @@ def create_app(
             "model": str(model),
             "defaults": pipeline.sampling,
             "samplers": sorted(SAMPLERS),
-            "scorer": None if scorer is None else scorer.name,
+            "scorer": None if ranker is None else ranker.name,
             "limits": {"n": MAX_N, "steps": MAX_STEPS, "seed": MAX_SEED},
         }
 
