@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from catdiff.cli.options import DATA_HELP, int_list, positive_int
 from catdiff.errors import UserError
+from catdiff.io.json_files import read_json
 
 log = logging.getLogger("catdiff")
 
@@ -120,12 +120,7 @@ def add_train_autoencoder_parser(commands: argparse._SubParsersAction) -> None:
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
     """Recipe file, then flags on top."""
-    options: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            options = json.loads(args.config.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise UserError(f"cannot read recipe {args.config}: {error}") from None
+    options: dict[str, Any] = {} if args.config is None else read_json(args.config, what="recipe")
     model = dict(options.get("model", {"type": "unet"}))
     if args.model is not None and args.model != model.get("type"):
         model = {"type": args.model}
