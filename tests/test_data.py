@@ -157,6 +157,7 @@ def test_random_hflip_is_deterministic_per_generator():
         random_hflip(batch[0], g)
 
 
+@pytest.mark.slow
 def test_cat_faces_64_loads_fully():
     root = require_shared("data/cat-faces-64")
     t = time.perf_counter()

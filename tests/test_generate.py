@@ -159,6 +159,7 @@ def test_eval_samples_a_model_and_reports(pipeline_dir: Path, tmp_path: Path) ->
     assert report["frechet"] > 0 and 0 <= report["memorised_fraction"] <= 1
 
 
+@pytest.mark.slow
 def test_compiled_pipeline_gives_the_same_images(pipeline_dir: Path) -> None:
     pipeline = Pipeline.from_folder(pipeline_dir)
     eager = pipeline.sample(2, steps=3, seed=1)

@@ -110,6 +110,7 @@ def test_cache_from_another_autoencoder_or_size_is_refused(
     assert train.returncode == 2 and "made at size 64 px, not 128 px" in train.stderr
 
 
+@pytest.mark.slow
 def test_ldm_trains_on_the_cache_and_exports_a_self_contained_pipeline(
     images: Path, tiny_kl: Path, tmp_path: Path
 ) -> None:

@@ -73,6 +73,7 @@ def test_frechet_to_reference_measures_each_set_alone_against_the_kept_real_feat
         frechet(near[:1])
 
 
+@pytest.mark.slow
 def test_taesd_features_shape_and_that_they_separate_blur_from_sharp_images() -> None:
     features = TAESDFeatures()
     sharp = images(64, seed=0)

@@ -92,6 +92,7 @@ def test_typicality_prefers_images_like_the_reference(tmp_path: Path) -> None:
     torch.testing.assert_close(again(noisy), atypical, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_neighbours_prefer_images_near_the_reference(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(40, 3, 8, 8, generator=g) * 2 - 1, size=128, mode="bilinear")

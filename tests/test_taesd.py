@@ -108,6 +108,7 @@ def test_parity_with_diffusers_autoencoder_tiny(taesd: TAESD) -> None:
         torch.testing.assert_close(taesd.decode_latents(latents), reference.decode(latents).sample, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_round_trip_psnr_on_cat_faces_at_128px(taesd: TAESD, tmp_path: Path) -> None:
     """Must hold: mean per-image PSNR of encode -> decode at 128 px is at least 26 dB.
 

@@ -127,6 +127,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(
     assert differences.max() < 1e-3 and differences.mean() < 1e-6
 
 
+@pytest.mark.slow
 def test_preview_grid_is_written(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "preview"
     args = train_args(data, out, "--preview-every", str(N))
