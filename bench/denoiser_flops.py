@@ -1,6 +1,6 @@
 """Achieved FLOP/s of the denoiser against this machine's measured matmul peak.
 
-    python bench/denoiser_flops.py --recipe recipes/cats-128-taesd.json --channels 4 --size 16 --batch 64
+    python bench/denoiser_flops.py --recipe catdiff/recipes/cats-128-taesd.json --channels 4 --size 16 --batch 64
 
 The FLOPs of one forward pass are counted by PyTorch's FlopCounterMode (convolutions, matmuls,
 attention); the peak is the best rate of a large square matmul in the same precision and thread
@@ -38,7 +38,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/cats-128-taesd.json"))
+    parser.add_argument("--recipe", type=Path, default=Path("catdiff/recipes/cats-128-taesd.json"))
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--batch", type=int, default=64)

@@ -1,6 +1,6 @@
 """Denoiser throughput: our general U-Net against diffusers' UNet2DModel of the same architecture.
 
-    python bench/denoiser_vs_diffusers.py --recipe recipes/cats-128-taesd.json --channels 4 --size 16 --batch 16
+    python bench/denoiser_vs_diffusers.py --recipe catdiff/recipes/cats-128-taesd.json --channels 4 --size 16 --batch 16
 
 Both networks are built in this one process from the recipe's U-Net (channels, levels,
 residual blocks, attention levels, scale-shift time conditioning), their parameter counts are
@@ -49,7 +49,7 @@ def parameters(module: nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/cats-128-taesd.json"))
+    parser.add_argument("--recipe", type=Path, default=Path("catdiff/recipes/cats-128-taesd.json"))
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)

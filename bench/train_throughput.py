@@ -1,7 +1,7 @@
 """Training throughput (images/s) of the denoisers of recipes, one process, fp32 and bf16 autocast.
 
-    python bench/train_throughput.py recipes/pixel-cats-32.json --channels 3 --size 32
-    python bench/train_throughput.py recipes/cats-128-taesd.json --channels 4 --size 16 --precision fp32 bf16
+    python bench/train_throughput.py catdiff/recipes/pixel-cats-32.json --channels 3 --size 32
+    python bench/train_throughput.py catdiff/recipes/cats-128-taesd.json --channels 4 --size 16 --precision fp32 bf16
 
 Times forward + backward + AdamW steps on random data of the recipe's shape, after warm-up.
 (bf16's accuracy cost is measured on trained networks, in bench/steps_to_quality.py.)

@@ -28,7 +28,14 @@ from catdiff.diffusion.objective import Prediction
 from catdiff.diffusion.samplers import Callback, check_options, get_sampler
 from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing, vp_to_ve
 from catdiff.errors import UserError
-from catdiff.io.checkpoints import read_config, read_weights, resolve_model_folder, write_model_folder
+from catdiff.io.checkpoints import (
+    CHECKPOINTS_DIR,
+    checkpoint_dirs,
+    read_config,
+    read_weights,
+    resolve_model_folder,
+    write_model_folder,
+)
 from catdiff.io.json_files import read_json, write_json
 from catdiff.io.state_dicts import load_state_strict
 from catdiff.models import NULL_CLASS, build_model
@@ -62,15 +69,28 @@ DEFAULT_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "spacing": "exponential"
 
 
 def pipeline_folder(spec: str | Path) -> Path:
-    """The pipeline folder of a bundled model's name (``"cats"``) or of a path."""
+    """The folder of a model to sample: a bundled model's name (``"cats"``), a pipeline folder, or
+    what :meth:`Pipeline.from_folder` resolves as well: a run folder of ``catdiff train`` (its
+    newest checkpoint), a checkpoint or a model folder. Anything else is a :class:`UserError`."""
     if str(spec) in BUNDLED_PIPELINES:
         return BUNDLED_DIR / str(spec)
     path = Path(spec)
-    if not (path / PIPELINE_FILE).is_file():
+    if (path / PIPELINE_FILE).is_file():
+        return path
+    if not path.is_dir():
         raise UserError(
-            f"not a pipeline folder: {path} (needs {PIPELINE_FILE}; make one with `catdiff export`,"
-            f" or name a bundled model: {', '.join(BUNDLED_PIPELINES)})"
+            f"no such model: {path} (give a pipeline folder, a run folder of `catdiff train`,"
+            f" or a bundled model: {', '.join(BUNDLED_PIPELINES)})"
         )
+    if (path / CHECKPOINTS_DIR).is_dir() and not checkpoint_dirs(path):
+        raise UserError(f"run folder {path} has no checkpoint yet")
+    try:
+        resolve_model_folder(path)  # a run folder with checkpoints, a checkpoint or a model folder
+    except UserError:
+        raise UserError(
+            f"not a model: {path} (needs {PIPELINE_FILE}, a run's {CHECKPOINTS_DIR}/ or a model's config.json;"
+            f" or name a bundled model: {', '.join(BUNDLED_PIPELINES)})"
+        ) from None
     return path
 
 

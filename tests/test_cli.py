@@ -29,7 +29,7 @@ def test_training_on_a_messy_folder_skips_and_counts_the_unreadable_files(tmp_pa
     readable, unreadable = make_messy_folder(data)
     run = tmp_path / "run"
     result = catdiff(
-        "train", str(data), "--out", str(run), "--size", "8", "--channels", "32", "--channel-mult", "1,2",
+        "train", str(data), "--out", str(run), "--pixels", "--size", "8", "--channels", "32", "--channel-mult", "1,2",
         "--batch-size", "4", "--max-steps", "2", "--preview-every", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -64,11 +64,21 @@ def test_bad_generate_options(pipeline_dir: Path, tmp_path: Path, flags: list[st
     assert not out.exists()
 
 
-def test_generate_refuses_a_model_that_is_not_a_pipeline_folder(model_folder: Path, tmp_path: Path) -> None:
-    for model in (model_folder, tmp_path / "missing"):
-        assert_one_line_error(
-            catdiff("generate", "--model", str(model), "--out", str(tmp_path / "x.png")), "not a pipeline folder"
-        )
+def test_generate_refuses_what_is_no_model(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for name, words in (("missing", "no such model"), ("empty", "not a model"), ("run", "has no checkpoint yet")):
+        result = catdiff("generate", "--model", str(tmp_path / name), "--out", str(tmp_path / "x.png"))
+        assert_one_line_error(result, words, str(tmp_path / name))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_samples_a_model_folder_as_sample_does(model_folder: Path, tmp_path: Path) -> None:
+    for command in (["generate", "--model"], ["sample"]):
+        out = tmp_path / f"{command[0]}.png"
+        result = catdiff(*command, str(model_folder), "--n", "2", "--steps", "2", "--seed", "4", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert png(tmp_path / "generate.png").tobytes() == png(tmp_path / "sample.png").tobytes()
 
 
 def test_generate_refuses_a_missing_or_read_only_output_folder_before_sampling(

@@ -23,7 +23,7 @@ N = 5  # checkpoint interval; runs are 2N steps
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "train", str(data), "--out", str(out), "--size", "16", "--model", "unet", "--channels", "32",
+        "train", str(data), "--out", str(out), "--pixels", "--size", "16", "--model", "unet", "--channels", "32",
         "--channel-mult", "1,2", "--attention-levels", "1", "--batch-size", "8", "--max-steps", str(2 * N),
         "--checkpoint-every", str(N), "--keep", "5", "--preview-every", "0", "--log-every", "1",
         "--warmup", "3", "--lr", "1e-3", "--seed", "3", *extra,
@@ -139,7 +139,7 @@ def test_preview_grid_is_written(data: Path, tmp_path: Path) -> None:
     assert grid.width > 16 * 4 and grid.height > 16 * 4
 
 
-def test_gradient_accumulation_equals_the_larger_batch(data: Path, tmp_path: Path) -> None:
+def test_gradient_accumulation_equals_the_larger_batch(data: Path, tmp_path: Path, one_thread: None) -> None:
     """2 rounds of batch 4 and one round of batch 8 take the same optimizer steps."""
     from catdiff.data.image_folder import ImageFolder
     from catdiff.training.trainer import TrainConfig, Trainer

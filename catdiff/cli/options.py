@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+_DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d*)?)h)?(?:(?P<m>\d+(?:\.\d*)?)m)?(?:(?P<s>\d+(?:\.\d*)?)s)?")
+_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """A length of time as seconds: ``90s``, ``30m``, ``2h``, ``1h30m``, ``1.5h`` (hours, minutes,
+    seconds, each at most once and in that order; a unit is required). It must be more than zero."""
+    spelled = text.strip().lower()
+    if spelled.startswith("-") or re.fullmatch(r"0*(\.0*)?", spelled) and spelled:
+        raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
+    if re.fullmatch(r"\d+(\.\d*)?", spelled):
+        raise argparse.ArgumentTypeError(f"give a unit: {spelled}s, {spelled}m or {spelled}h, not {text!r}")
+    match = _DURATION.fullmatch(spelled)
+    if not spelled or match is None or not any(match.groupdict().values()):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 30m, 2h or 1h30m, got {text!r}")
+    seconds = sum(float(value) * _SECONDS[unit] for unit, value in match.groupdict().items() if value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
+    return seconds
 
 
 def int_list(text: str) -> list[int]:

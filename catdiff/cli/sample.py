@@ -35,7 +35,12 @@ def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images; image i has seed + i")
     add_sampler_options(p)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
-    p.add_argument("--class", dest="label", type=int, help="class-conditional models: the class of every image")
+    p.add_argument(
+        "--class",
+        dest="label",
+        metavar="CLASS",
+        help="class-conditional models: the class of every image, by name (a trained folder's subfolder) or number",
+    )
     p.add_argument(
         "--guidance", type=float, help="class-conditional models: classifier-free guidance scale (default: the model's)"
     )
@@ -45,25 +50,58 @@ def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
     out.add_argument("--out-dir", type=Path, help="write one PNG per image instead, named by its seed: DIR/000042.png")
 
 
-def condition_options(args: argparse.Namespace, pipeline: Any, n: int) -> dict[str, Any]:
-    """The ``condition`` of ``Pipeline.sample``: ``--class`` for all ``n`` images or, on a
-    class-conditional model without it, the classes in turn; the model's guidance by default."""
+def class_names(folder: Path) -> list[str] | None:
+    """The class names recorded with a model (a pipeline folder's ``classes``, or those of the
+    data of a run, checkpoint or model folder), or None when it has none."""
+    from catdiff.io.checkpoints import read_config, resolve_model_folder
+    from catdiff.io.json_files import read_json
+    from catdiff.pipeline import PIPELINE_FILE
+
+    if (folder / PIPELINE_FILE).is_file():
+        return read_json(folder / PIPELINE_FILE, what="pipeline folder").get("classes")
+    return read_config(resolve_model_folder(folder)).get("data", {}).get("classes")
+
+
+def class_label(text: str, classes: Sequence[str] | None) -> int:
+    """The label of ``--class``: a class name of the model, else a number."""
+    if classes and text in classes:
+        return list(classes).index(text)
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if classes:
+        raise UserError(f"unknown class {text!r}; this model's classes are {', '.join(classes)}")
+    raise UserError(f"--class must be a number for this model (its classes have no names), got {text!r}")
+
+
+def condition_options(
+    args: argparse.Namespace, pipeline: Any, n: int, classes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The ``condition`` of ``Pipeline.sample``: ``--class`` (a name of ``classes`` or a number)
+    for all ``n`` images or, on a class-conditional model without it, the classes in turn; the
+    model's guidance by default."""
     if pipeline.num_classes is None:
         if args.label is not None or args.guidance is not None:
             raise UserError("--class and --guidance need a class-conditional model; this one is unconditional")
         return {}
-    labels = [args.label] * n if args.label is not None else [i % pipeline.num_classes for i in range(n)]
+    if args.label is not None:
+        labels = [class_label(args.label, classes)] * n
+    else:
+        labels = [i % pipeline.num_classes for i in range(n)]
     return {"condition": pipeline.class_condition(labels, args.guidance)}
 
 
-def sampling_options(args: argparse.Namespace, pipeline: Any, n: int) -> dict[str, Any]:
+def sampling_options(
+    args: argparse.Namespace, pipeline: Any, n: int, classes: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The options of :func:`add_sampling_options` for ``Pipeline.sample`` of ``n`` images, the
-    pipeline's own sampler, steps and spacing where none was given."""
+    pipeline's own sampler, steps and spacing where none was given; ``classes`` name the labels."""
     options = {key: getattr(args, key) or pipeline.sampling[key] for key in ("steps", "sampler", "spacing")}
     if options["steps"] > pipeline.schedule.T:
         raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {options['steps']}")
     options.update(seed=args.seed, precision=args.precision, progress=None)
-    return options | condition_options(args, pipeline, n)
+    return options | condition_options(args, pipeline, n, classes)
 
 
 def prepare_output(args: argparse.Namespace) -> None:
@@ -109,7 +147,7 @@ def run_sample(args: argparse.Namespace) -> None:
 
     prepare_output(args)
     pipeline = Pipeline.from_folder(args.model, ema=not args.no_ema, device=args.device)
-    options = sampling_options(args, pipeline, args.n)
+    options = sampling_options(args, pipeline, args.n, class_names(args.model))
     write_output(args, pipeline.sample(args.n, **options), range(args.seed, args.seed + args.n), options)
 
 
@@ -119,10 +157,17 @@ def run_sample(args: argparse.Namespace) -> None:
 def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "generate",
-        help="make new images with the bundled cat model (or another pipeline)",
-        description="Make a PNG grid of new images from a pipeline folder; by default the bundled cat model.",
+        help="make new images with the bundled cat model (or another model)",
+        description=(
+            "Make a PNG grid of new images from a pipeline folder or a run folder of `catdiff train`"
+            " (its newest checkpoint, EMA weights); by default the bundled cat model."
+        ),
     )
-    p.add_argument("--model", default="cats", help="a bundled model's name or a pipeline folder (default: cats)")
+    p.add_argument(
+        "--model",
+        default="cats",
+        help="a bundled model's name (cats, digits), a pipeline folder or a run folder (default: cats)",
+    )
     add_sampling_options(p, "cats.png")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
     p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
@@ -133,20 +178,25 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    from catdiff.pipeline import Pipeline, pipeline_folder
-    from catdiff.rerank import load_scorer
+    from catdiff.pipeline import PIPELINE_FILE, Pipeline, pipeline_folder
+    from catdiff.rerank import STORED_SCORERS, load_scorer
 
     prepare_output(args)
     if args.best_of is not None and args.best_of < args.n:
         raise UserError(f"--best-of ({args.best_of}) must be at least --n ({args.n})")
     folder = pipeline_folder(args.model)
+    if args.best_of is not None and args.scorer in STORED_SCORERS and not (folder / PIPELINE_FILE).is_file():
+        raise UserError(
+            f"{folder} is not a pipeline folder, so it has no statistics for --scorer {args.scorer}: export it"
+            f" with `catdiff export {folder} --out DIR --reference-images TRAINING_IMAGES`, or use --scorer clip"
+        )
     pipeline = Pipeline.from_folder(folder, device=args.device)
     scorer = None
     if args.best_of is not None:
         scorer = load_scorer(args.scorer, pipeline=folder, clip_model=args.clip_model, prompt=args.prompt)
     if args.compile:
         pipeline.compile()
-    options = sampling_options(args, pipeline, args.best_of or args.n)
+    options = sampling_options(args, pipeline, args.best_of or args.n, class_names(folder))
     if scorer is None:
         images, seeds = pipeline.sample(args.n, **options), range(args.seed, args.seed + args.n)
     else:
@@ -183,7 +233,8 @@ def run_export(args: argparse.Namespace) -> None:
     import torch
 
     from catdiff.io.checkpoints import read_config, resolve_model_folder
-    from catdiff.pipeline import Pipeline
+    from catdiff.io.json_files import read_json, write_json
+    from catdiff.pipeline import PIPELINE_FILE, PIPELINE_FORMAT, Pipeline
     from catdiff.rerank import fit_reference_scorers
 
     folder = resolve_model_folder(args.model)
@@ -192,7 +243,12 @@ def run_export(args: argparse.Namespace) -> None:
         pipeline.class_condition([0], args.guidance)  # refuses bad guidance, or any on an unconditional model
     chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "guidance": args.guidance}
     pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
-    pipeline.save(args.out, read_config(folder), dtype=torch.float16 if args.fp16 else torch.float32)
+    config = read_config(folder)
+    pipeline.save(args.out, config, dtype=torch.float16 if args.fp16 else torch.float32)
+    classes = config.get("data", {}).get("classes")
+    if classes:  # the names of the labels, for `generate --class NAME`
+        description = read_json(args.out / PIPELINE_FILE, format=PIPELINE_FORMAT, what="pipeline folder")
+        write_json(args.out / PIPELINE_FILE, {**description, "classes": classes})
     if args.reference_images is not None:
         fit_reference_scorers(args.reference_images, args.out)
     print(f"wrote pipeline {args.out}")

@@ -14,7 +14,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="serve the web app: a Generate button and a JSON API",
         description="Serve a page with a Generate button and the JSON API (POST /api/generate; docs at /docs).",
     )
-    p.add_argument("--model", default="cats", help="a bundled model's name or a pipeline folder (default: cats)")
+    p.add_argument(
+        "--model",
+        default="cats",
+        help="a bundled model's name (cats, digits), a pipeline folder or a run folder of `catdiff train`"
+        " (newest checkpoint; default: cats)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=positive_int, default=32, help="images per shared batch, at most")
@@ -29,9 +34,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from catdiff.pipeline import PIPELINE_FILE, pipeline_folder
     from catdiff.serve import create_app
 
     scorer = None if args.scorer == "none" else args.scorer
+    if scorer is not None and not (pipeline_folder(args.model) / PIPELINE_FILE).is_file():
+        print(f"{args.model} is not a pipeline folder: no scorer statistics, candidates are not ranked", flush=True)
     app = create_app(
         args.model, device=args.device, scorer=scorer, max_batch_images=args.max_batch, max_pending=args.max_queue
     )

@@ -1,4 +1,12 @@
-"""``catdiff train`` and ``catdiff train-autoencoder``."""
+"""``catdiff train`` and ``catdiff train-autoencoder``.
+
+``catdiff train FOLDER --out RUN`` on a folder of images trains latent diffusion: the images are
+encoded once with TAESD into ``RUN/latents`` (resumable, reused by ``--resume`` and re-runs),
+then a denoiser learns them with the recipe of the bundled cats model, or the class-conditional
+recipe for a folder of class subfolders. ``--pixels`` trains in pixel space instead; digits
+folders and latent caches train as they are. ``--recipe NAME`` / ``--config FILE`` choose the
+options, flags override them; ``--time 30m`` bounds the training time.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from catdiff.cli.options import DATA_HELP, int_list, positive_int
+from catdiff.cli.options import DATA_HELP, int_list, parse_duration, positive_int
 from catdiff.errors import UserError
 from catdiff.io.json_files import read_json
 
@@ -44,7 +52,12 @@ MODEL_FLAGS = {
     "latent_channels": "latent_channels",
     "norm_groups": "norm_groups",
 }
-SIZE_HELP = "train at this resolution (resize + center crop); default 32"
+SIZE_HELP = (
+    "train at this resolution in pixels (resize + centre crop): default 128 for latents (a multiple of 8),"
+    " 32 with --pixels, or the recipe's"
+)
+LATENTS_DIR = "latents"  # the latent cache of an image folder, inside the run folder
+DEFAULT_KEEP = 3  # checkpoints a default run keeps (the cats recipe kept 30, for its evaluation curve)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -54,9 +67,25 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every training sub-command."""
+    from catdiff.recipes import RECIPES
+
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, previews, log.jsonl")
-    p.add_argument("--config", type=Path, help="JSON recipe of training options; flags override it")
+    recipe = p.add_mutually_exclusive_group()
+    recipe.add_argument(
+        "--recipe", metavar="NAME", help=f"a recipe shipped with catdiff: {', '.join(RECIPES)}; flags override it"
+    )
+    recipe.add_argument(
+        "--config", type=Path, metavar="FILE", help="JSON recipe file of training options; flags override it"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--time",
+        dest="time_budget",
+        type=parse_duration,
+        metavar="DURATION",
+        help="train for this long, e.g. 90s, 30m, 2h, 1h30m (training time, in total over --resume;"
+        " no step limit unless --max-steps)",
+    )
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int, help="per process")
     p.add_argument("--grad-accum", type=positive_int)
@@ -71,7 +100,16 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=positive_int)
     p.add_argument("--seed", type=int)
     p.add_argument("--size", type=positive_int, help=SIZE_HELP)
-    p.set_defaults(run=run_train, autoencoder=None, model=None, schedule=None, **{flag: None for flag in MODEL_FLAGS})
+    p.set_defaults(
+        run=run_train,
+        autoencoder=None,
+        model=None,
+        schedule=None,
+        pixels=False,
+        unconditional=False,
+        default_recipes=False,
+        **{flag: None for flag in MODEL_FLAGS},
+    )
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
@@ -83,10 +121,21 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "data",
         type=Path,
-        help="folder of images (searched recursively), digits folder (MNIST IDX files), or latent cache (`catdiff encode`)",
+        help="folder of images (searched recursively; class subfolders train a class-conditional model),"
+        " digits folder (MNIST IDX files), or latent cache (`catdiff encode`)",
     )
     add_training_options(p)
-    p.add_argument("--autoencoder", help="with a latent cache: refuse it unless it was made with this autoencoder")
+    p.add_argument("--pixels", action="store_true", help="image folders: train in pixel space, not in TAESD latents")
+    p.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="image folders: ignore class subfolders and train one unconditional model",
+    )
+    p.add_argument(
+        "--autoencoder",
+        help="image folders: encode with this autoencoder (default taesd); a latent cache: refuse it unless"
+        " made with this autoencoder",
+    )
     p.add_argument("--model", choices=("unet", "seed_unet", "class_unet"), help="denoiser architecture (default unet)")
     p.add_argument("--channels", type=positive_int, help="base channel width of the denoiser")
     p.add_argument("--channel-mult", type=int_list, help="unet channel multipliers, e.g. 1,2,2")
@@ -98,6 +147,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), help="beta schedule (default linear)")
     p.add_argument("--prediction", choices=("eps", "v", "x0"), help="network target (default eps)")
     p.add_argument("--min-snr", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
+    p.set_defaults(default_recipes=True)
 
 
 def add_train_autoencoder_parser(commands: argparse._SubParsersAction) -> None:
@@ -118,9 +168,17 @@ def add_train_autoencoder_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(model="autoencoder_kl")
 
 
-def train_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Recipe file, then flags on top."""
-    options: dict[str, Any] = {} if args.config is None else read_json(args.config, what="recipe")
+def train_options(args: argparse.Namespace, default_recipe: str | None = None) -> dict[str, Any]:
+    """The recipe (``--recipe``, ``--config``, else ``default_recipe``, else none), then flags on top.
+    ``--time`` without ``--max-steps`` lifts the recipe's step limit."""
+    from catdiff.recipes import load_recipe
+
+    if args.config is not None:
+        options: dict[str, Any] = read_json(args.config, what="recipe")
+    elif args.recipe is not None or default_recipe is not None:
+        options = load_recipe(args.recipe or default_recipe)
+    else:
+        options = {}
     model = dict(options.get("model", {"type": "unet"}))
     if args.model is not None and args.model != model.get("type"):
         model = {"type": args.model}
@@ -137,21 +195,122 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
         options["schedule"] = NoiseSchedule(args.schedule).to_config()
     if args.size is not None:
         options["size"] = args.size
+    if args.time_budget is not None:
+        options["time_budget"] = args.time_budget
+        if args.max_steps is None:
+            options["max_steps"] = None  # the time decides
     return options
 
 
+def default_recipe(args: argparse.Namespace, kind: str, classes: list[str] | None) -> str | None:
+    """The recipe of a ``catdiff train`` without ``--recipe`` or ``--config``: for an image folder
+    the bundled cats model's (latents), the class-conditional one (class subfolders) or the pixel
+    one (``--pixels``); none for digits folders and latent caches (``TrainConfig``'s defaults)."""
+    from catdiff.recipes import DEFAULT_CLASSES, DEFAULT_LATENT, DEFAULT_PIXELS
+
+    if not args.default_recipes or kind != "images" or args.recipe is not None or args.config is not None:
+        return None
+    if args.pixels:
+        return DEFAULT_PIXELS
+    return DEFAULT_CLASSES if classes else DEFAULT_LATENT
+
+
+def continue_budget(args: argparse.Namespace, options: dict[str, Any], run_dir: Path) -> None:
+    """``--resume`` of a run with a time budget keeps that budget (and its step limit) unless
+    ``--time`` or ``--max-steps`` is given again."""
+    from catdiff.io.checkpoints import checkpoint_dirs, read_config
+
+    if not args.resume or args.time_budget is not None or args.max_steps is not None:
+        return
+    found = checkpoint_dirs(run_dir)
+    saved = read_config(found[-1]).get("train", {}) if found else {}
+    if saved.get("time_budget") is not None:
+        options["time_budget"], options["max_steps"] = saved["time_budget"], saved.get("max_steps")
+
+
+def fast_bf16() -> bool:
+    """Whether bf16 autocast pays off here: a GPU with bf16, or a CPU with AVX-512 bf16 or AMX
+    instructions (elsewhere bf16 convolutions run 3-25x slower than fp32; docs/TRAINING.md)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up with care
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def choose_precision(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """A recipe's bf16 autocast becomes fp32 where bf16 is slow, unless ``--mixed-precision`` says."""
+    if args.mixed_precision is None and options.get("mixed_precision") == "bf16" and not fast_bf16():
+        options["mixed_precision"] = "no"
+        log.info("this machine has no fast bf16: training in fp32 (--mixed-precision bf16 to insist)")
+
+
+def prepare_model(options: dict[str, Any], source: Any) -> None:
+    """Fill the model config from the data: channels and, for a class-conditional model, the
+    classes and latent side. Class names are kept in the run's record only for such a model."""
+    model = options["model"]
+    model.setdefault("in_channels", source.data.shape[1])
+    model.setdefault("out_channels", source.data.shape[1])
+    classes = source.info.get("classes")
+    if model.get("type") == "class_unet":
+        if source.labels is not None:
+            model.setdefault("num_classes", len(classes) if classes else int(source.labels.max()) + 1)
+        model.setdefault("sample_size", source.data.shape[-1])
+        if classes:
+            log.info("class-conditional on %d classes: %s", len(classes), ", ".join(classes))
+    elif classes:
+        source.info.pop("classes")
+        log.info(
+            "this recipe's model is not class-conditional: one unconditional model of all %d classes", len(classes)
+        )
+
+
 def run_train(args: argparse.Namespace) -> None:
-    from catdiff.data.sources import open_training_data
+    import torch
+
+    from catdiff.data.sources import (
+        LATENT_SIZE,
+        check_count,
+        data_kind,
+        folder_classes,
+        latent_training_data,
+        open_training_data,
+    )
     from catdiff.training.trainer import TrainConfig, Trainer
 
-    options = train_options(args)
-    size = options.pop("size", None)
     run_dir: Path = args.out
     if not args.resume and any(run_dir.glob("checkpoints/step-*")):
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue or choose another --out")
-    source = open_training_data(args.data, size=size, autoencoder=args.autoencoder)
-    options["model"].setdefault("in_channels", source.data.shape[1])
-    options["model"].setdefault("out_channels", source.data.shape[1])
+    kind = data_kind(args.data)
+    classes = folder_classes(args.data) if kind == "images" and not args.unconditional else None
+    recipe = default_recipe(args, kind, classes)
+    options = train_options(args, recipe)
+    if recipe is not None and args.keep is None:
+        options["keep_checkpoints"] = min(options.get("keep_checkpoints", DEFAULT_KEEP), DEFAULT_KEEP)
+    continue_budget(args, options, run_dir)
+    size = options.pop("size", None)
+    pixels = options.pop("pixels", False) or args.pixels  # a pixel-space recipe says so
+    latents = args.default_recipes and kind == "images" and not pixels
+    batch = options.get("batch_size", TrainConfig.batch_size) * options.get("grad_accum", TrainConfig.grad_accum)
+    if latents:
+        cache = run_dir / LATENTS_DIR
+        source = latent_training_data(
+            args.data,
+            cache,
+            size=size or LATENT_SIZE,
+            autoencoder=args.autoencoder or "taesd",
+            class_subfolders=not args.unconditional,
+            batch=batch,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
+    else:
+        source = open_training_data(
+            args.data, size=size, autoencoder=args.autoencoder, class_subfolders=not args.unconditional
+        )
+    check_count(args.data, len(source.data), batch=batch)
+    prepare_model(options, source)
+    choose_precision(args, options)
     config = TrainConfig.from_dict(options)
     trainer = Trainer(
         config,
@@ -166,4 +325,4 @@ def run_train(args: argparse.Namespace) -> None:
         log.info("no checkpoint in %s; starting from scratch", run_dir)
     final = trainer.fit()
     if final is not None:
-        log.info("done: %s", final)
+        log.info("done: %s; make images with `catdiff generate --model %s`", final, run_dir)

@@ -6,6 +6,10 @@ find the files that cannot be read, and serves square, centre-cropped RGB images
 ``[N, 3, S, S]`` (8,303 cat faces at 64 px are 100 MB), so a trainer can index whole
 batches without touching the disk again.
 
+A folder of class subfolders (``FOLDER/tabby/*.jpg``, ``FOLDER/black/*.jpg``: torchvision's
+ImageFolder layout) can be read as labelled data, ``class_subfolders=True``: see
+:func:`find_classes`.
+
 The dataset never flips or otherwise randomises an image: augmentation belongs to the
 trainer, which draws it from its own generator so that a resumed run is exact. It may use
 ``random_hflip`` for that.
@@ -30,6 +34,8 @@ from catdiff.errors import UserError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolder",
+    "files_digest",
+    "find_classes",
     "find_images",
     "open_rgb",
     "random_hflip",
@@ -129,6 +135,26 @@ def find_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def find_classes(root: Path, paths: list[Path]) -> list[str] | None:
+    """The class names of a folder of class subfolders, sorted, or None for any other layout.
+
+    The layout is torchvision's ImageFolder: every image of ``paths`` lies inside a subfolder of
+    ``root`` (at any depth below it), and at least two subfolders hold images; the class of an
+    image is the name of its subfolder. One image directly in ``root`` makes the folder unlabelled.
+    """
+    tops = [p.relative_to(root).parts for p in paths]
+    if not tops or any(len(parts) < 2 for parts in tops):
+        return None
+    names = sorted({parts[0] for parts in tops})
+    return names if len(names) >= 2 else None
+
+
+def files_digest(root: Path, paths: list[Path]) -> str:
+    """A fingerprint of a list of files: their names relative to ``root``, in order."""
+    names = "\n".join(p.relative_to(root).as_posix() for p in paths)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
 def _hwc(images: torch.Tensor) -> np.ndarray:
     """A numpy [N, H, W, C] view of a uint8 [N, C, H, W] tensor, to write PIL pixels into.
 
@@ -154,18 +180,23 @@ class ImageFolder(torch.utils.data.Dataset):
             read in the same pass that checks the files.
         num_workers: threads that read files (PIL decodes and resizes without the GIL);
             0 reads in the calling thread. Default: up to 8, one per CPU core.
+        class_subfolders: label the images by their subfolder when the folder has the class
+            subfolder layout (:func:`find_classes`); other folders stay unlabelled.
 
     Attributes:
         paths: the readable files, sorted; item ``i`` is ``paths[i]``.
         skipped: the files that could not be read (corrupt, truncated, not an image).
         images: uint8 tensor [N, 3, size, size] once preloaded (see ``load_all``), else None.
-        labels: None: image folders are unlabelled (a digits folder is labelled data).
+        classes: the class names (sorted subfolder names) of a labelled folder, else None.
+        labels: int64 [N], the index in ``classes`` of each image of a labelled folder; else
+            None (a plain image folder is unlabelled).
 
     Raises ``UserError`` when ``root`` is missing, is not a folder, holds no image files,
     or holds none that can be read. Unreadable files are logged in one warning.
     """
 
-    labels = None
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
 
     def __init__(
         self,
@@ -174,6 +205,7 @@ class ImageFolder(torch.utils.data.Dataset):
         *,
         preload: bool = False,
         num_workers: int | None = None,
+        class_subfolders: bool = False,
     ) -> None:
         self.root = Path(root)
         self.size = int(size)
@@ -219,6 +251,12 @@ class ImageFolder(torch.utils.data.Dataset):
             )
         if not self.paths:
             raise UserError(f"none of the {len(candidates)} image files in {self.root} could be read")
+        if class_subfolders:
+            self.classes = find_classes(self.root, self.paths)
+        if self.classes is not None:
+            index = {name: i for i, name in enumerate(self.classes)}
+            labels = [index[p.relative_to(self.root).parts[0]] for p in self.paths]
+            self.labels = torch.tensor(labels, dtype=torch.long)
 
     def _read(self, path: Path) -> np.ndarray:
         return read_image(path, self.size)
@@ -264,8 +302,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def files_digest(self) -> str:
         """A fingerprint of what a latent cache encodes: the file names relative to the folder, in order."""
-        names = "\n".join(p.relative_to(self.root).as_posix() for p in self.paths)
-        return hashlib.sha256(names.encode()).hexdigest()[:16]
+        return files_digest(self.root, self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -279,7 +316,8 @@ class ImageFolder(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"ImageFolder({str(self.root)!r}, size={self.size}, images={len(self)}, "
-            f"skipped={len(self.skipped)}, preloaded={self.images is not None})"
+            f"skipped={len(self.skipped)}, preloaded={self.images is not None}"
+            + (f", classes={self.classes})" if self.classes else ")")
         )
 
 

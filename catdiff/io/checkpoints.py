@@ -1,9 +1,9 @@
 """Model folders and training checkpoints on disk.
 
 A model folder is ``config.json`` + ``model.safetensors`` (+ ``ema.safetensors``). A training
-checkpoint is a model folder plus ``training_state.pt`` (optimizer, LR schedule, step, RNG),
-written to a temporary folder and renamed into place, so a killed run never leaves half a
-checkpoint behind. Nothing here runs code on load: safetensors, or ``torch.load`` with
+checkpoint is a model folder plus ``training_state.pt`` (optimizer, LR schedule, step, training
+time, RNG), written to a temporary folder and renamed into place, so a killed run never leaves
+half a checkpoint behind. Nothing here runs code on load: safetensors, or ``torch.load`` with
 ``weights_only=True``.
 """
 
@@ -101,9 +101,9 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically (temp folder + rename) and keep the newest ``keep``."""
     root = run_dir / CHECKPOINTS_DIR
     final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
+    for stale in root.glob(f".{CHECKPOINT_PREFIX}*.tmp-*"):  # left by a run killed while saving
+        shutil.rmtree(stale)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     write_model_folder(tmp, config, model_state, ema_state)
     torch.save(training_state, tmp / TRAINING_STATE_FILE)
     if final.exists():

@@ -4,7 +4,9 @@ Every random draw of step ``k`` (batch order, flips, timesteps, noise, label and
 dropout) comes from generators seeded by ``(seed, k)``, and the whole global batch is drawn
 before each process takes its share. So a resumed run continues bit-exactly, and N processes
 with batch B each, accumulating G rounds, see the same data and noise as one process with
-batch N*B*G.
+batch N*B*G. A run with a time budget (:mod:`catdiff.training.budget`) also stops, and with a
+cosine schedule sets its learning rate, by measured time: it is not reproducible step for step.
+SIGINT / SIGTERM stop a run cleanly (:mod:`catdiff.training.signals`).
 """
 
 from __future__ import annotations
@@ -12,21 +14,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
 from catdiff.data.image_folder import random_hflip, uint8_to_float
 from catdiff.diffusion.conditioning import drop_labels
-from catdiff.diffusion.objective import PREDICTIONS
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.errors import UserError
 from catdiff.images import save_grid
@@ -39,82 +38,16 @@ from catdiff.io.checkpoints import (
 )
 from catdiff.io.state_dicts import load_state_strict
 from catdiff.models import NULL_CLASS, build_model, model_config
+from catdiff.training.budget import Clock, finished, learning_rate_factor
+from catdiff.training.config import TrainConfig
 from catdiff.training.ema import EMA
+from catdiff.training.progress import Progress, append_record, truncate_log
+from catdiff.training.signals import StopSignals, TrainingInterrupted
 from catdiff.training.tasks import AutoencoderTask, DiffusionTask, Task
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "log.jsonl"
 PREVIEWS_DIR = "previews"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; saved in every checkpoint's ``config.json``."""
-
-    model: dict[str, Any] = field(default_factory=lambda: {"type": "unet"})
-    schedule: dict[str, Any] = field(default_factory=lambda: NoiseSchedule().to_config())
-    prediction: Literal["eps", "v", "x0"] = "eps"
-    min_snr_gamma: float | None = None
-    label_dropout: float = 0.1
-    kl_weight: float = 1e-6
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 200
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    max_steps: int = 10_000
-    grad_clip: float = 1.0
-    ema_max_decay: float = 0.9999
-    ema_power: float = 2 / 3
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    flip: bool = True
-    seed: int = 0
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    preview_every: int = 1000
-    preview_n: int = 16
-    preview_steps: int = 50
-    log_every: int = 50
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        checks = {
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "max_steps": self.max_steps >= 1,
-            "lr": self.lr > 0,
-            "label_dropout": 0 <= self.label_dropout <= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "preview_every": self.preview_every >= 0,
-            "log_every": self.log_every >= 1,
-            "prediction": self.prediction in PREDICTIONS,
-            "lr_schedule": self.lr_schedule in ("constant", "cosine"),
-            "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise UserError(f"invalid training option {bad[0]}={getattr(self, bad[0])!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown training option {unknown[0]!r}")
-        return cls(**values)
-
-
-def learning_rate_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then constant or cosine decay to zero (Loshchilov & Hutter 2017)."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.lr_schedule == "constant":
-        return 1.0
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def make_task(config: TrainConfig, network: torch.nn.Module, *, pixels: bool) -> Task:
@@ -211,7 +144,10 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             network.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
+        self.clock = Clock()
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: learning_rate_factor(s, config, self.clock.spent)
+        )
         self.network, self.optimizer = self.accelerator.prepare(network, optimizer)
         self.step = 0
 
@@ -234,6 +170,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             training_state = {
                 "step": self.step,
+                "elapsed": self.clock.spent,
                 "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
@@ -267,16 +204,11 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
-        self._truncate_log()
-        log.info("resumed from %s at step %d", path, self.step)
+        self.clock.spent = float(state.get("elapsed", 0.0))
+        if self.accelerator.is_main_process:
+            truncate_log(self.run_dir, self.step)
+        log.info("resumed from %s at step %d after %.1f s of training", path, self.step, self.clock.spent)
         return True
-
-    def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from."""
-        path = self.run_dir / LOG_FILE
-        if self.accelerator.is_main_process and path.is_file():
-            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            path.write_text("".join(line + "\n" for line in lines))
 
     # --- one step ------------------------------------------------------------------------------
 
@@ -303,7 +235,7 @@ class Trainer:
         return [tuple(v[share].to(device) for v in batch) for share in rounds]
 
     def train_step(self) -> float:
-        """One optimizer step over ``grad_accum`` rounds; returns the mean loss."""
+        """One optimizer step over ``grad_accum`` rounds (the LR schedule steps in ``fit``); returns the mean loss."""
         self.network.train()
         rounds = self.micro_batches(self.step)
         torch.manual_seed(self.config.seed * 1_000_003 + self.step * self.world + self.rank)  # dropout
@@ -318,7 +250,6 @@ class Trainer:
             self.accelerator.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
-        self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.ema.update(self.accelerator.unwrap_model(self.network), self.step)
@@ -334,34 +265,58 @@ class Trainer:
         return save_grid(images, self.run_dir / PREVIEWS_DIR / f"step-{self.step:07d}.png")
 
     def fit(self) -> Path | None:
-        """Train until ``max_steps``; returns the final checkpoint (on the main process)."""
+        """Train until ``max_steps`` or the ``time_budget`` is reached; returns the final checkpoint
+        (on the main process). SIGINT or SIGTERM ends the run after the current step: its
+        checkpoint is written, then :class:`TrainingInterrupted` is raised."""
         config, main = self.config, self.accelerator.is_main_process
+        if finished(self.step, self.clock.spent, config):
+            log.info("nothing to train: the run ended at step %d after %.1f s", self.step, self.clock.spent)
+            return None
         images_per_step = config.batch_size * config.grad_accum * self.world
-        bar = tqdm(total=config.max_steps, initial=self.step, disable=None if main else True, desc="training")
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        window_loss, window_steps, window_start = 0.0, 0, self.clock.spent
         final = None
-        while self.step < config.max_steps:
-            window_loss += self.train_step()
-            window_steps += 1
-            bar.update(1)
-            if self.step % config.log_every == 0 or self.step == config.max_steps:
-                loss = self.accelerator.reduce(torch.tensor(window_loss / window_steps), "mean").item()
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": self.step,
-                    "loss": loss,
-                    "lr": self.lr,
-                    "img_per_s": window_steps * images_per_step / elapsed,
-                    "time": time.time(),
-                }
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['img_per_s']:.1f}")
-                if main:
-                    with open(self.run_dir / LOG_FILE, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-            if config.preview_every and self.step % config.preview_every == 0 and main:
-                self.preview()
-            if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
-                final = self.save()
-        bar.close()
+        with StopSignals() as signals, Progress(config, self.step, self.clock.spent, enabled=main) as progress:
+            while True:
+                with self.clock:
+                    window_loss += self.train_step()
+                window_steps += 1
+                interrupted = self._agree(signals.received or 0)
+                self.lr_scheduler.step()  # after the clock, so a schedule on time counts this step
+                end = interrupted or finished(self.step, self.clock.spent, config)
+                progress.update(self.step, self.clock.spent)
+                if self.step % config.log_every == 0 or end:
+                    loss = self.accelerator.reduce(torch.tensor(window_loss / window_steps), "mean").item()
+                    record = {
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": self.lr,
+                        "img_per_s": window_steps * images_per_step / max(1e-9, self.clock.spent - window_start),
+                        "elapsed": self.clock.spent,
+                        "time": time.time(),
+                    }
+                    progress.record(record)
+                    if main:
+                        append_record(self.run_dir, record)
+                    window_loss, window_steps, window_start = 0.0, 0, self.clock.spent
+                preview_due = config.preview_every and (self.step % config.preview_every == 0 or end)
+                if preview_due and main and not interrupted:
+                    progress.note(f"preview {self.preview()}")
+                if self.step % config.checkpoint_every == 0 or end:
+                    final = self.save()
+                    progress.note(f"checkpoint {final}")
+                if end:
+                    break
+        if interrupted:
+            log.info("stopped at step %d; continue with --resume", self.step)
+            raise TrainingInterrupted(interrupted, final)
         return final
+
+    def _agree(self, signum: int) -> int:
+        """The stop signal any process received (0: none); with several processes, also makes
+        every clock read the slowest one, so all agree on the learning rate and on when to stop."""
+        if self.world == 1:
+            return signum
+        local = torch.tensor([[float(signum), self.clock.spent]], dtype=torch.float64, device=self.accelerator.device)
+        agreed = self.accelerator.gather(local).amax(0).cpu()
+        self.clock.spent = agreed[1].item()
+        return int(agreed[0].item())

@@ -1,0 +1,80 @@
+"""The training options: one dataclass, saved in every checkpoint's ``config.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from catdiff.diffusion.objective import PREDICTIONS
+from catdiff.diffusion.schedule import NoiseSchedule
+from catdiff.errors import UserError
+
+DEFAULT_MAX_STEPS = 10_000
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run.
+
+    A run ends at ``max_steps`` or when ``time_budget`` seconds of training time are spent,
+    whichever comes first. ``max_steps=None`` means no step limit when there is a budget, and
+    :data:`DEFAULT_MAX_STEPS` when there is none.
+    """
+
+    model: dict[str, Any] = field(default_factory=lambda: {"type": "unet"})
+    schedule: dict[str, Any] = field(default_factory=lambda: NoiseSchedule().to_config())
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    min_snr_gamma: float | None = None
+    label_dropout: float = 0.1
+    kl_weight: float = 1e-6
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 200
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    max_steps: int | None = None
+    time_budget: float | None = None
+    grad_clip: float = 1.0
+    ema_max_decay: float = 0.9999
+    ema_power: float = 2 / 3
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    preview_every: int = 1000
+    preview_n: int = 16
+    preview_steps: int = 50
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.max_steps is None and self.time_budget is None:
+            self.max_steps = DEFAULT_MAX_STEPS
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "time_budget": self.time_budget is None or self.time_budget > 0,
+            "lr": self.lr > 0,
+            "label_dropout": 0 <= self.label_dropout <= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "preview_every": self.preview_every >= 0,
+            "log_every": self.log_every >= 1,
+            "prediction": self.prediction in PREDICTIONS,
+            "lr_schedule": self.lr_schedule in ("constant", "cosine"),
+            "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise UserError(f"invalid training option {bad[0]}={getattr(self, bad[0])!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown training option {unknown[0]!r}")
+        return cls(**values)
