@@ -5,7 +5,8 @@ encoded once with TAESD into ``RUN/latents`` (resumable, reused by ``--resume`` 
 then a denoiser learns them with the recipe of the bundled cats model, or the class-conditional
 recipe for a folder of class subfolders. ``--pixels`` trains in pixel space instead; digits
 folders and latent caches train as they are. ``--recipe NAME`` / ``--config FILE`` choose the
-options, flags override them; ``--time 30m`` bounds the training time.
+options, flags override them; ``--time 30m`` bounds the training time. In latents, 5% of the
+images are held out (``RUN/heldout.json``) and the final model is evaluated (``RUN/report.json``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         pixels=False,
         unconditional=False,
         default_recipes=False,
+        no_eval=True,
+        eval_samples=None,
         **{flag: None for flag in MODEL_FLAGS},
     )
 
@@ -147,6 +150,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), help="beta schedule (default linear)")
     p.add_argument("--prediction", choices=("eps", "v", "x0"), help="network target (default eps)")
     p.add_argument("--min-snr", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
+    p.add_argument("--no-eval", action="store_true", default=False, help="image folders: skip the final report.json")
+    p.add_argument(
+        "--eval-samples", type=positive_int, help="samples of the final evaluation (default: held-out images, 100-500)"
+    )
     p.set_defaults(default_recipes=True)
 
 
@@ -269,11 +276,13 @@ def prepare_model(options: dict[str, Any], source: Any) -> None:
 def run_train(args: argparse.Namespace) -> None:
     import torch
 
+    from catdiff.data.holdout import MIN_FOLDER
     from catdiff.data.sources import (
         LATENT_SIZE,
         check_count,
         data_kind,
         folder_classes,
+        heldout_files,
         latent_training_data,
         open_training_data,
     )
@@ -293,6 +302,8 @@ def run_train(args: argparse.Namespace) -> None:
     pixels = options.pop("pixels", False) or args.pixels  # a pixel-space recipe says so
     latents = args.default_recipes and kind == "images" and not pixels
     batch = options.get("batch_size", TrainConfig.batch_size) * options.get("grad_accum", TrainConfig.grad_accum)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    heldout = heldout_files(args.data, run_dir) if latents else []
     if latents:
         cache = run_dir / LATENTS_DIR
         source = latent_training_data(
@@ -302,13 +313,16 @@ def run_train(args: argparse.Namespace) -> None:
             autoencoder=args.autoencoder or "taesd",
             class_subfolders=not args.unconditional,
             batch=batch,
-            device="cuda" if torch.cuda.is_available() else "cpu",
+            device=device,
+            heldout=heldout,
         )
     else:
         source = open_training_data(
             args.data, size=size, autoencoder=args.autoencoder, class_subfolders=not args.unconditional
         )
     check_count(args.data, len(source.data), batch=batch)
+    if latents and not heldout:
+        log.info("%s holds fewer than %d images: none held out, no memorisation check", args.data, MIN_FOLDER)
     prepare_model(options, source)
     choose_precision(args, options)
     config = TrainConfig.from_dict(options)
@@ -326,3 +340,10 @@ def run_train(args: argparse.Namespace) -> None:
     final = trainer.fit()
     if final is not None:
         log.info("done: %s; make images with `catdiff generate --model %s`", final, run_dir)
+    if final is not None and latents and not args.no_eval and trainer.accelerator.is_main_process:
+        from catdiff.training.report import evaluate_run, report_lines
+
+        precision = {"no": "fp32"}.get(config.mixed_precision, config.mixed_precision)
+        training = {"precision": precision, "steps": trainer.step, "elapsed_s": trainer.clock.spent}
+        report = evaluate_run(run_dir, args.data, heldout, samples=args.eval_samples, device=device, training=training)
+        print("\n".join(report_lines(report)))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
 from catdiff.data.digits import Digits, is_digits_folder, split_digits
+from catdiff.data.holdout import run_heldout, training_files
 from catdiff.data.image_folder import ImageFolder, files_digest, find_classes, find_images, split_folder
 from catdiff.data.latent_cache import (
     MANIFEST_FILE,
@@ -113,6 +114,11 @@ def open_training_data(
     return TrainingData(cache.latents, info, cache.flipped, cache.labels, record)
 
 
+def heldout_files(folder: Path, run_dir: Path) -> list[str]:
+    """The held-out files of a run on an image folder (:func:`~catdiff.data.holdout.run_heldout`)."""
+    return run_heldout(folder, run_dir) if folder.is_dir() else []  # opening the folder says what is wrong
+
+
 def latent_training_data(
     folder: Path,
     cache: Path,
@@ -122,19 +128,21 @@ def latent_training_data(
     class_subfolders: bool = True,
     batch: int = 1,
     device: str | torch.device = "cpu",
+    heldout: list[str] | tuple[str, ...] = (),
 ) -> TrainingData:
     """An image folder as latents of ``autoencoder`` at ``size`` px, encoded into the cache folder
     ``cache`` first (with mirror images). The encoding resumes where a killed one stopped, and a
     complete cache of the same files, size and autoencoder is used as it is, so a resumed or
     repeated run encodes nothing again. Fewer than :data:`MIN_IMAGES` images, or than one
-    ``batch``, are refused before any encoding."""
+    ``batch``, are refused before any encoding. The ``heldout`` files (relative to ``folder``) are
+    left out of the cache."""
     folder = folder.resolve()  # the cache records its source; the same folder by any path is the same
     model = load_autoencoder(autoencoder)
     if size % model.downsampling_factor:
         raise UserError(
             f"size must be a multiple of {model.downsampling_factor} px to train in {autoencoder} latents, got {size}"
         )
-    if _complete_cache_of(folder, cache, model.descriptor(), size, class_subfolders):
+    if _complete_cache_of(folder, cache, model.descriptor(), size, class_subfolders, heldout):
         log.info("using the %s latents of %s in %s", autoencoder, folder, cache)
     else:
         encode_data(
@@ -146,23 +154,29 @@ def latent_training_data(
             device=device,
             class_subfolders=class_subfolders,
             training_batch=batch,
+            exclude=heldout,
             progress=None,
         )
     return open_training_data(cache, size=size)
 
 
 def _complete_cache_of(
-    folder: Path, cache: Path, autoencoder: dict[str, Any], size: int, class_subfolders: bool
+    folder: Path,
+    cache: Path,
+    autoencoder: dict[str, Any],
+    size: int,
+    class_subfolders: bool,
+    heldout: list[str] | tuple[str, ...] = (),
 ) -> bool:
-    """Whether ``cache`` is finished and holds every image file of ``folder`` (judged from names
-    alone, so reading no image), encoded at ``size`` px by ``autoencoder``."""
+    """Whether ``cache`` is finished and holds every image file of ``folder`` but the ``heldout``
+    ones (judged from names alone, so reading no image), encoded at ``size`` px by ``autoencoder``."""
     if not (cache / STATS_FILE).is_file() or not (cache / MANIFEST_FILE).is_file():
         return False
     manifest = read_json(cache / MANIFEST_FILE, what="latent cache")
     labelled = class_subfolders and folder_classes(folder) is not None
     return (
         manifest.get("source") == str(folder)
-        and manifest.get("files") == files_digest(folder, find_images(folder))
+        and manifest.get("files") == files_digest(folder, training_files(folder, heldout))
         and manifest.get("size") == size
         and manifest.get("autoencoder") == autoencoder
         and ("num_classes" in manifest) == labelled
@@ -180,6 +194,7 @@ def encode_data(
     device: str | torch.device = "cpu",
     class_subfolders: bool = True,
     training_batch: int | None = None,
+    exclude: list[str] | tuple[str, ...] = (),
     **options: Any,
 ) -> int:
     """Encode a digits or image folder into the latent cache ``out`` on ``device`` (resumable; see
@@ -187,7 +202,7 @@ def encode_data(
     number of images. Digits keep their own 32 px and are never mirrored: a mirrored 7 is no 7.
     A folder of class subfolders is stored labelled, with its class names, if ``class_subfolders``.
     With ``training_batch``, a folder too small to train on in such batches is refused first
-    (:func:`check_count`)."""
+    (:func:`check_count`). The ``exclude`` files of an image folder (relative to it) are left out."""
     digits = is_digits_folder(path)
     if digits:
         dataset: ImageFolder | Digits = Digits.from_folder(path)
@@ -195,6 +210,8 @@ def encode_data(
         raise UserError(f"size must be a multiple of {autoencoder.downsampling_factor} for this autoencoder")
     else:
         dataset = ImageFolder(path, size, class_subfolders=class_subfolders)
+        if exclude:
+            leave_out(dataset, exclude)
     if training_batch is not None:
         check_count(path, len(dataset), batch=training_batch)
     log.info("encoding %d images of %s at %d px into %s", len(dataset), path, dataset.size, out)
@@ -215,6 +232,15 @@ def encode_data(
     if classes is not None:  # the cache is of these files, so of these classes
         write_json(out / CLASSES_FILE, {"format": CLASSES_FORMAT, "classes": classes})
     return len(dataset)
+
+
+def leave_out(dataset: ImageFolder, names: list[str] | tuple[str, ...]) -> None:
+    """Drop the files ``names`` (relative to the folder) from an image folder not yet loaded, and their labels."""
+    dropped = set(names)
+    keep = [p.relative_to(dataset.root).as_posix() not in dropped for p in dataset.paths]
+    dataset.paths = [p for p, kept in zip(dataset.paths, keep) if kept]
+    if dataset.labels is not None:
+        dataset.labels = dataset.labels[torch.tensor(keep, dtype=torch.bool)]
 
 
 def split_data(path: Path, out: Path, *, heldout: int, seed: int = 0) -> tuple[Path, Path]:
