@@ -106,16 +106,6 @@ class Distances:
     kid_std: float | None = None
 
 
-def torchmetrics_classes() -> tuple[type, type]:
-    """torchmetrics' FID and KID classes, or a clear error naming the extra that installs them."""
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
-    except ImportError:
-        raise UserError('feature distances need torchmetrics: pip install "catdiff[eval]"') from None
-    return FrechetInceptionDistance, KernelInceptionDistance
-
-
 class FrechetToReference:
     """The Fréchet distance of image sets to one fixed real set, whose features are taken once.
 
@@ -125,9 +115,10 @@ class FrechetToReference:
     def __init__(self, real: Tensor, features: nn.Module, *, batch_size: int = 64) -> None:
         if len(real) < 2:
             raise ValueError("Fréchet distance needs at least 2 images on each side")
+        from torchmetrics.image.fid import FrechetInceptionDistance  # imported late: it takes seconds
+
         # (normalize: torchmetrics probes a custom extractor with a float image, not a uint8 one)
-        frechet_inception_distance, _ = torchmetrics_classes()
-        self.fid = frechet_inception_distance(
+        self.fid = FrechetInceptionDistance(
             feature=features, reset_real_features=False, normalize=True, input_img_size=tuple(real.shape[1:])
         )
         self.batch_size = batch_size
@@ -150,8 +141,9 @@ def feature_distances(
     result = Distances(frechet=FrechetToReference(real, features, batch_size=batch_size)(fake))
     if kid:
         subset = min(len(real), len(fake), 1000)
-        _, kernel_inception_distance = torchmetrics_classes()
-        kid_metric = kernel_inception_distance(feature=features, subset_size=subset, reset_real_features=False)
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        kid_metric = KernelInceptionDistance(feature=features, subset_size=subset, reset_real_features=False)
         for images, is_real in ((real, True), (fake, False)):
             for batch in batches(images, batch_size):
                 kid_metric.update(batch, real=is_real)

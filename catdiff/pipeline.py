@@ -38,7 +38,7 @@ from catdiff.io.checkpoints import (
 )
 from catdiff.io.json_files import read_json, write_json
 from catdiff.io.state_dicts import load_state_strict
-from catdiff.models import NULL_CLASS, build_model
+from catdiff.models import NULL_CLASS, build_model, model_config
 
 Precision = Literal["fp32", "bf16", "fp16"]
 #: The dtypes of each precision: of the autocast of network evaluations, or of stored weights.
@@ -105,6 +105,15 @@ def load_network(folder: Path, *, ema: bool) -> tuple[nn.Module, dict[str, Any]]
     return network.eval(), config
 
 
+def read_model(path: Path) -> tuple[Path, dict[str, Any], Path]:
+    """Where the denoiser of a pipeline, run, checkpoint or model folder lies, its config (with a
+    pipeline's sampling and diffusion settings) and the folder its autoencoder is looked up from."""
+    if (path / PIPELINE_FILE).is_file():
+        return path / UNET_DIR, {**read_config(path / UNET_DIR), **_read_pipeline_json(path)}, path
+    folder = resolve_model_folder(path)
+    return folder, read_config(folder), folder
+
+
 def recorded_autoencoder(config: dict[str, Any], folder: Path) -> Autoencoder | None:
     """The autoencoder a run's latents came from, checked against its recorded fingerprint."""
     recorded = config.get("autoencoder")
@@ -151,16 +160,9 @@ class Pipeline:
     @classmethod
     def from_folder(cls, path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
         """Load a pipeline folder, a model folder, a training checkpoint, or a run's newest checkpoint."""
-        path = Path(path)
-        if (path / PIPELINE_FILE).is_file():
-            network, config = load_network(path / UNET_DIR, ema=ema)
-            config = {**config, **_read_pipeline_json(path)}
-            autoencoder = recorded_autoencoder(config, path)
-        else:
-            folder = resolve_model_folder(path)
-            network, config = load_network(folder, ema=ema)
-            autoencoder = recorded_autoencoder(config, folder)
-        pipeline = cls.from_config(config, network, autoencoder)
+        weights, config, home = read_model(Path(path))
+        network, _ = load_network(weights, ema=ema)
+        pipeline = cls.from_config(config, network, recorded_autoencoder(config, home))
         return pipeline.to(device)
 
     def to(self, device: str | torch.device) -> Pipeline:
@@ -183,8 +185,10 @@ class Pipeline:
         """
         folder.mkdir(parents=True, exist_ok=True)
         network = getattr(self.network, "_orig_mod", self.network)  # the module itself, if compiled
+        if hasattr(network, "without_augmentation"):  # sampling never gives the condition
+            network = network.without_augmentation()
         weights = {name: tensor.to(dtype) for name, tensor in network.state_dict().items()}
-        write_model_folder(folder / UNET_DIR, {"model": config["model"]}, weights)
+        write_model_folder(folder / UNET_DIR, {"model": model_config(network)}, weights)
         description = {key: config[key] for key in ("diffusion", "sample_shape", "autoencoder") if key in config}
         description["sampling"] = self.sampling
         if self.autoencoder is not None:

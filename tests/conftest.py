@@ -128,3 +128,16 @@ def pipeline_dir(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalar curves of every TensorBoard event file under ``folder``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(folder.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            curves.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return curves

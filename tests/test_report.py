@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import catdiff
+from conftest import catdiff, tensorboard_scalars
 from synthetic import make_image_folder
 from test_train_cli import TINY_LATENT
 
@@ -14,7 +14,8 @@ from catdiff.data.holdout import HELDOUT_FILE, choose_heldout, heldout_count, ru
 from catdiff.data.latent_cache import LatentCache
 from catdiff.data.sources import latent_training_data
 from catdiff.errors import UserError
-from catdiff.training.report import REPORT_FILE, eval_samples, report_lines
+from catdiff.training.report import EVALUATIONS_FILE, REPORT_FILE, eval_samples, report_lines
+from catdiff.training.trackers import TRACKERS_DIR
 
 
 def name_only_folder(root: Path, n: int) -> Path:
@@ -69,11 +70,16 @@ def test_a_folder_run_ends_with_a_report(tmp_path: Path, one_thread: None) -> No
     data = make_image_folder(tmp_path / "discs", n=100, size=32)
     run = tmp_path / "run"
     flags = [f for f in TINY_LATENT if f != "--no-eval"]
-    result = catdiff("train", str(data), "--out", str(run), *flags, "--max-steps", "2", "--eval-samples", "4")
+    evaluation = ["--eval-samples", "4", "--eval-every", "1", "--log-with", "tensorboard"]
+    result = catdiff("train", str(data), "--out", str(run), *flags, "--max-steps", "2", *evaluation)
     assert result.returncode == 0, result.stderr
+    history = [json.loads(line) for line in (run / EVALUATIONS_FILE).read_text().splitlines()]
+    assert [r["steps"] for r in history] == [1, 2] and "evaluation at step 1" in result.stdout
+    assert set(tensorboard_scalars(run / TRACKERS_DIR)) >= {"loss", "lr", "img_per_s", "frechet", "memorised_fraction"}
     assert "encoding 95 images" in result.stderr and "memorised fraction" in result.stdout
     report = json.loads((run / REPORT_FILE).read_text())
     assert {"frechet", "memorised_fraction", "nearest_median_ratio", "cpu", "precision", "elapsed_s"} <= set(report)
     assert (report["samples"], report["steps"], report["init"], report["heldout_images"]) == (4, 2, None, 5)
     assert report["precision"] == "fp32" and report["train_images"] == 95
     assert json.loads((run / HELDOUT_FILE).read_text())["files"] == choose_heldout(data)
+    assert history[-1] == report

@@ -21,12 +21,19 @@ from catdiff.io.checkpoints import checkpoint_dirs
 N = 5  # checkpoint interval; runs are 2N steps
 
 
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+# Pixel space with every option given, and the default: TAESD latents with the recipe's
+# augmentation (the memory format pinned, since the default measures it and a rerun may differ).
+SPACES = {
+    "pixels": ["--pixels", "--size", "16", "--model", "unet", "--warmup", "3", "--lr", "1e-3"],
+    "latents": ["--size", "32", "--augment", "0.5", "--no-channels-last", "--no-eval"],
+}
+
+
+def train_args(data: Path, out: Path, *extra: str, space: str = "pixels") -> list[str]:
     return [
-        "train", str(data), "--out", str(out), "--pixels", "--size", "16", "--model", "unet", "--channels", "32",
-        "--channel-mult", "1,2", "--attention-levels", "1", "--batch-size", "8", "--max-steps", str(2 * N),
-        "--checkpoint-every", str(N), "--keep", "5", "--preview-every", "0", "--log-every", "1",
-        "--warmup", "3", "--lr", "1e-3", "--seed", "3", *extra,
+        "train", str(data), "--out", str(out), *SPACES[space], "--channels", "32", "--channel-mult", "1,2",
+        "--attention-levels", "1", "--batch-size", "8", "--max-steps", str(2 * N), "--checkpoint-every", str(N),
+        "--keep", "5", "--preview-every", "0", "--log-every", "1", "--seed", "3", *extra,
     ]  # fmt: skip
 
 
@@ -60,10 +67,13 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_is_bit_exact(data: Path, uninterrupted: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("space", SPACES)
+def test_kill_and_resume_is_bit_exact(data: Path, space: str, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    subprocess.run(catdiff(*train_args(data, full, space=space)), check=True, env=env(), capture_output=True)
     out = tmp_path / "killed"
     process = subprocess.Popen(
-        catdiff(*train_args(data, out)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        catdiff(*train_args(data, out, space=space)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     first = out / "checkpoints" / f"step-{N:07d}"
     deadline = time.monotonic() + 120
@@ -74,12 +84,13 @@ def test_kill_and_resume_is_bit_exact(data: Path, uninterrupted: Path, tmp_path:
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert [p.name for p in checkpoint_dirs(out)] == [first.name]
 
-    subprocess.run(catdiff(*train_args(data, out, "--resume")), check=True, env=env(), capture_output=True)
+    resume = catdiff(*train_args(data, out, "--resume", space=space))
+    subprocess.run(resume, check=True, env=env(), capture_output=True)
 
-    resumed, full = final_weights(out), final_weights(uninterrupted)
-    assert resumed.keys() == full.keys()
-    for key in full:
-        assert torch.equal(resumed[key], full[key]), key
+    resumed, whole = final_weights(out), final_weights(full)
+    assert resumed.keys() == whole.keys()
+    for key in whole:
+        assert torch.equal(resumed[key], whole[key]), key
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 2 * N + 1))
 

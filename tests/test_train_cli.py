@@ -19,22 +19,35 @@ from PIL import Image
 from synthetic import make_image_folder
 from test_digits import TINY_CLASS_UNET, make_digits_folder
 
-from catdiff.cli import build_parser, train
+from catdiff.cli import build_parser
 from catdiff.cli.options import parse_duration
-from catdiff.cli.train import choose_precision, continue_budget, default_recipe, train_options
+from catdiff.cli.train import choose_speed, continue_run, default_recipe, planned_budget, train_options
 from catdiff.data.image_folder import ImageFolder, find_classes, find_images
 from catdiff.data.sources import data_kind, folder_classes, latent_training_data
 from catdiff.errors import UserError
 from catdiff.images import to_uint8
 from catdiff.io.checkpoints import checkpoint_dirs, read_config, write_model_folder
 from catdiff.pipeline import BUNDLED_DIR, Pipeline, pipeline_folder
-from catdiff.recipes import DEFAULT_CLASSES, DEFAULT_LATENT, DEFAULT_PIXELS, RECIPES, RECIPES_DIR, load_recipe
+from catdiff.recipes import (
+    BUDGET_RECIPES,
+    BUNDLED_CATS,
+    DEFAULT_BUDGET,
+    DEFAULT_CLASSES,
+    DEFAULT_PIXELS,
+    RECIPES,
+    RECIPES_DIR,
+    budget_recipe,
+    load_recipe,
+)
+from catdiff.training import speed
+from catdiff.training.speed import candidates
 from catdiff.training.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # Flags that shrink the bundled cats recipe's U-Net to a test size (4x4 latents of 32 px images).
 TINY_LATENT = ["--size", "32", "--channels", "32", "--channel-mult", "1,2", "--attention-levels", "1",
-               "--batch-size", "8", "--preview-every", "0", "--mixed-precision", "no", "--no-eval"]  # fmt: skip
+               "--batch-size", "8", "--preview-every", "0", "--mixed-precision", "no", "--no-channels-last",
+               "--no-eval"]  # fmt: skip
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -70,13 +83,13 @@ def test_bad_time_is_a_one_line_error(tmp_path: Path, flags: list[str]) -> None:
 
 
 def test_time_lifts_the_step_limit_unless_max_steps_is_given(tmp_path: Path) -> None:
-    options = train_options(parse("train", str(tmp_path), "--out", "r", "--time", "30m"), DEFAULT_LATENT)
+    options = train_options(parse("train", str(tmp_path), "--out", "r", "--time", "30m"), BUNDLED_CATS)
     assert options["time_budget"] == 1800 and options["max_steps"] is None
     config = TrainConfig.from_dict({k: v for k, v in options.items() if k not in ("size", "pixels")})
     assert config.time_budget == 1800 and config.max_steps is None
     both = train_options(parse("train", str(tmp_path), "--out", "r", "--time", "1h", "--max-steps", "5"))
     assert both["time_budget"] == 3600 and both["max_steps"] == 5
-    assert "time_budget" not in train_options(parse("train", str(tmp_path), "--out", "r"), DEFAULT_LATENT)
+    assert "time_budget" not in train_options(parse("train", str(tmp_path), "--out", "r"), BUNDLED_CATS)
 
 
 def test_resume_keeps_the_runs_time_budget_unless_given_again(model_folder: Path, tmp_path: Path) -> None:
@@ -85,12 +98,22 @@ def test_resume_keeps_the_runs_time_budget_unless_given_again(model_folder: Path
     write_model_folder(run / "checkpoints" / "step-0000004", config, {})
     resumed = parse("train", "data", "--out", str(run), "--resume")
     options = {"max_steps": 200_000}
-    continue_budget(resumed, options, run)
+    continue_run(resumed, options, run)
     assert options == {"time_budget": 60.0, "max_steps": None}
     for again in (["--time", "2h"], ["--max-steps", "9"]):
         options = {"max_steps": 200_000}
-        continue_budget(parse("train", "data", "--out", str(run), "--resume", *again), options, run)
+        continue_run(parse("train", "data", "--out", str(run), "--resume", *again), options, run)
         assert options == {"max_steps": 200_000}  # train_options has put the flags in already
+
+
+TINY_NET = {
+    "type": "unet",
+    "in_channels": 4,
+    "out_channels": 4,
+    "base_channels": 32,
+    "channel_mult": [1],
+    "attention_levels": [],
+}
 
 
 def test_a_recipes_bf16_becomes_fp32_where_bf16_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,11 +122,47 @@ def test_a_recipes_bf16_becomes_fp32_where_bf16_is_slow(monkeypatch: pytest.Monk
         (True, [], "bf16"),
         (False, ["--mixed-precision", "bf16"], "bf16"),
     ):
-        monkeypatch.setattr(train, "fast_bf16", lambda fast=fast: fast)
+        monkeypatch.setattr(speed, "fast_bf16", lambda fast=fast: fast)
         args = parse("train", "x", "--out", "r", *flags)
-        options = train_options(args, DEFAULT_LATENT)
-        choose_precision(args, options)
-        assert options["mixed_precision"] == expected
+        options = {**train_options(args, "cats-128-taesd"), "model": TINY_NET}
+        choose_speed(args, options, (4, 4, 4), "cpu")
+        assert options["mixed_precision"] == expected and options["channels_last"] is False
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_auto_takes_the_fastest_setting_measured_here(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    monkeypatch.setattr(speed, "fast_bf16", lambda: fast)
+    rates = {("no", False): 10.0, ("no", True): 12.0, ("bf16", False): 30.0, ("bf16", True): 20.0}
+    tried = []
+
+    def measured(model, shape, batch, setting, device) -> float:
+        tried.append((setting["mixed_precision"], setting["channels_last"]))
+        return rates[tried[-1]]
+
+    monkeypatch.setattr(speed, "images_per_second", measured)
+    args = parse("train", "x", "--out", "r")
+    options = {"model": TINY_NET, "mixed_precision": "auto", "channels_last": "auto", "batch_size": 4}
+    choose_speed(args, options, (4, 4, 4), "cpu")
+    assert set(tried) == (set(rates) if fast else {("no", False), ("no", True)})  # bf16 only where fast
+    assert (options["mixed_precision"], options["channels_last"]) == (("bf16", False) if fast else ("no", True))
+
+
+def test_a_probe_times_real_training_steps() -> None:
+    setting = {"mixed_precision": "no", "channels_last": True}
+    assert speed.images_per_second(TINY_NET, (4, 8, 8), 2, setting, torch.device("cpu")) > 0
+
+
+def test_resume_keeps_the_speed_the_run_chose(model_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = {**read_config(model_folder), "train": {"mixed_precision": "bf16", "channels_last": True}}
+    write_model_folder(run / "checkpoints" / "step-0000004", config, {})
+    options = {"mixed_precision": "auto", "channels_last": "auto"}
+    continue_run(parse("train", "data", "--out", str(run), "--resume"), options, run)
+    assert options == {"mixed_precision": "bf16", "channels_last": True}
+    options = {"mixed_precision": "no", "channels_last": False}
+    again = ["--resume", "--mixed-precision", "no", "--no-channels-last"]
+    continue_run(parse("train", "data", "--out", str(run), *again), options, run)
+    assert options == {"mixed_precision": "no", "channels_last": False}
 
 
 # --- recipes ------------------------------------------------------------------------------------
@@ -111,17 +170,19 @@ def test_a_recipes_bf16_becomes_fp32_where_bf16_is_slow(monkeypatch: pytest.Monk
 
 def test_every_shipped_recipe_is_a_valid_training_config_and_ships_with_the_package() -> None:
     assert set(RECIPES) == {p.stem for p in RECIPES_DIR.glob("*.json")}
-    assert {DEFAULT_LATENT, DEFAULT_PIXELS, DEFAULT_CLASSES} <= set(RECIPES)
+    assert {BUNDLED_CATS, DEFAULT_PIXELS, DEFAULT_CLASSES, *(name for _, name in BUDGET_RECIPES)} <= set(RECIPES)
     for name in RECIPES:
         recipe = load_recipe(name)
-        TrainConfig.from_dict({k: v for k, v in recipe.items() if k not in ("size", "pixels")})
+        # "auto" is settled at the start of a run: any candidate it may become must be valid
+        (speed,) = candidates(recipe.pop("mixed_precision", "no"), recipe.pop("channels_last", False))[:1]
+        TrainConfig.from_dict({k: v for k, v in {**recipe, **speed}.items() if k not in ("size", "pixels")})
     assert not (ROOT / "recipes").exists()
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "recipes/*.json" in package_data["catdiff"]
 
 
-def test_the_default_recipe_is_the_one_that_made_the_bundled_cats_model() -> None:
-    recipe = load_recipe(DEFAULT_LATENT)
+def test_the_bundled_cats_recipe_is_the_one_that_made_the_bundled_cats_model() -> None:
+    recipe = load_recipe(BUNDLED_CATS)
     bundled = json.loads((BUNDLED_DIR / "cats" / "pipeline.json").read_text())["diffusion"]
     assert recipe["schedule"] == bundled["schedule"] and recipe["prediction"] == bundled["prediction"]
     unet = json.loads((BUNDLED_DIR / "cats" / "unet" / "config.json").read_text())["model"]
@@ -157,12 +218,22 @@ def test_which_recipe_a_folder_trains_with(tmp_path: Path) -> None:
     def chosen(data: Path, *flags: str) -> str | None:
         args = parse("train", str(data), "--out", "r", *flags)
         kind = data_kind(data)
-        return default_recipe(args, kind, folder_classes(data) if kind == "images" else None)
+        return default_recipe(args, kind, folder_classes(data) if kind == "images" else None, DEFAULT_BUDGET)
 
-    assert chosen(flat) == DEFAULT_LATENT and chosen(flat, "--pixels") == DEFAULT_PIXELS
+    assert chosen(flat) == budget_recipe(DEFAULT_BUDGET) and chosen(flat, "--pixels") == DEFAULT_PIXELS
     assert chosen(classes) == DEFAULT_CLASSES and chosen(classes, "--pixels") == DEFAULT_PIXELS
     assert chosen(digits) is None and chosen(flat, "--recipe", "digits") is None
-    assert default_recipe(parse("train-autoencoder", str(flat), "--out", "r"), "images", None) is None
+    assert default_recipe(parse("train-autoencoder", str(flat), "--out", "r"), "images", None, None) is None
+
+
+def test_the_budget_chooses_the_recipe_and_none_means_half_an_hour(tmp_path: Path) -> None:
+    assert [budget_recipe(s) for s in (90, 20 * 60, 30 * 60, 75 * 60, 2 * 3600, None)] == [
+        "folder-10m", "folder-10m", "folder-30m", "folder-30m", "folder-2h", "folder-2h"
+    ]  # fmt: skip
+    assert DEFAULT_BUDGET == 30 * 60
+    assert planned_budget(parse("train", "x", "--out", str(tmp_path)), tmp_path) == DEFAULT_BUDGET
+    assert planned_budget(parse("train", "x", "--out", str(tmp_path), "--time", "10m"), tmp_path) == 600
+    assert planned_budget(parse("train", "x", "--out", str(tmp_path), "--max-steps", "9"), tmp_path) is None
 
 
 # --- the latent default ---------------------------------------------------------------------------
@@ -191,7 +262,10 @@ def test_a_folder_trains_in_taesd_latents_cached_in_the_run(tmp_path: Path, one_
     assert config["autoencoder"]["type"] == "taesd" and config["sample_shape"] == [4, 4, 4]
     assert config["diffusion"]["prediction"] == "v" and config["train"]["keep_checkpoints"] == 3
     assert config["data"]["latents"] == str(run / "latents") and config["data"]["count"] == 8
-    assert config["train"]["max_steps"] == 1 and config["train"]["schedule"] == load_recipe(DEFAULT_LATENT)["schedule"]
+    assert (
+        config["train"]["max_steps"] == 1
+        and config["train"]["schedule"] == load_recipe(budget_recipe(None))["schedule"]
+    )
 
 
 def test_a_complete_latent_cache_is_used_as_it_is_and_a_broken_one_finished(tmp_path: Path, one_thread: None) -> None:

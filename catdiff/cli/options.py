@@ -27,6 +27,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
 _DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d*)?)h)?(?:(?P<m>\d+(?:\.\d*)?)m)?(?:(?P<s>\d+(?:\.\d*)?)s)?")
 _SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
@@ -53,6 +63,11 @@ def int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def name_list(text: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]``, blanks dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def device(text: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,9 @@ def encode_folder(
     with tqdm(
         total=len(dataset), disable=None if progress is None else not progress, desc="encoding", unit="img"
     ) as bar:
-        bar.update(len(dataset) - sum(len(_shard_range(manifest, i)) for i in todo))
+        before = len(dataset) - sum(len(_shard_range(manifest, i)) for i in todo)
+        bar.update(before)
+        began, done = time.perf_counter(), 0
         for index in todo:
             tensors: dict[str, list[Tensor]] = {"latents": [], "flipped": []}
             indices = _shard_range(manifest, index)
@@ -135,6 +138,11 @@ def encode_folder(
             tmp = shard_path(out, index).with_suffix(f".tmp-{os.getpid()}")
             save_file(shard, tmp)
             os.replace(tmp, shard_path(out, index))
+            done += len(indices)
+            if bar.disable:  # no bar (stderr is no terminal): a plain line per shard
+                rate = done / (time.perf_counter() - began)
+                mirrored = " (each with its mirror image)" if flip else ""
+                log.info("encoded %d of %d images, %.1f images/s%s", before + done, len(dataset), rate, mirrored)
     cache = LatentCache.open(out, require_stats=False)
     stats = {"mean": cache.latents.mean(dim=(0, 2, 3)).tolist(), "std": cache.latents.std(dim=(0, 2, 3)).tolist()}
     write_json(out / STATS_FILE, stats)

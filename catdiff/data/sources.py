@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
@@ -34,7 +35,9 @@ from catdiff.io.json_files import read_json, write_json
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 32  # training resolution of an image folder in pixel space when none is given
-LATENT_SIZE = 128  # training resolution of an image folder in latent space when none is given
+LATENT_SIZE = 128  # training resolution of an image folder in latent space, for images at least this large
+SMALLEST_LATENT_SIZE = 64  # nor below this: smaller images are upscaled to it
+SIZE_PROBES = 200  # images whose size judges a folder's
 MIN_IMAGES = 8  # the fewest images a run trains on
 CLASSES_FILE = "classes.json"  # the class names of a labelled latent cache
 CLASSES_FORMAT = "catdiff.classes/1"
@@ -53,6 +56,25 @@ def folder_classes(path: Path) -> list[str] | None:
     """The class names of an image folder of class subfolders (judged from the file names, before
     any file is read), or None."""
     return find_classes(path, find_images(path)) if path.is_dir() else None
+
+
+def latent_size(folder: Path) -> int:
+    """The size an image folder trains at in latents: the median shorter side of (up to
+    :data:`SIZE_PROBES` of) its images, rounded down to a multiple of 32 and kept between
+    :data:`SMALLEST_LATENT_SIZE` and :data:`LATENT_SIZE`, so images are not upscaled past their
+    own resolution (a 64 px face trains at 64, a 200 px photo at 128). Read from file headers."""
+    paths = find_images(folder) if folder.is_dir() else []
+    sides = []
+    for path in paths[:: max(1, len(paths) // SIZE_PROBES)]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # PIL raises many kinds for a bad file; it is skipped when read
+            continue
+    if not sides:
+        return LATENT_SIZE  # opening the folder will say what is wrong with it
+    median = sorted(sides)[len(sides) // 2]
+    return max(SMALLEST_LATENT_SIZE, min(LATENT_SIZE, median // 32 * 32))
 
 
 def check_count(where: Path | str, count: int, *, batch: int = 1) -> None:

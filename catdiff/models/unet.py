@@ -12,6 +12,7 @@ over a ``context`` sequence after the self-attention, with ``context`` threaded 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +144,8 @@ class UNetConfig:
     size input_size / 2**i, so (1,) puts attention at 16x16 for 32x32 inputs (DDPM's CIFAR-10
     setting). The bottleneck always has one attention block. Attention heads have
     ``attention_head_dim`` channels each (one head where a level has fewer channels).
+    ``augment_dim`` > 0 adds the condition of non-leaking augmentation
+    (:mod:`catdiff.training.augment`), absent (zero) at sampling.
     """
 
     in_channels: int = 3
@@ -155,6 +158,7 @@ class UNetConfig:
     dropout: float = 0.0
     groups: int = 32
     conv_resample: bool = True
+    augment_dim: int = 0
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)
@@ -180,6 +184,9 @@ class UNet(nn.Module):
         c0 = cfg.base_channels
         emb_dim = 4 * c0
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.augment_dim:
+            # No bias: a zero condition (no augmentation, and every sample) adds nothing (EDM's map_augment).
+            self.augment_embedding = nn.Linear(cfg.augment_dim, emb_dim, bias=False)
 
         def block(c_in: int, c_out: int, attn: bool) -> ResAttnBlock:
             res = ResBlock(c_in, c_out, emb_dim, groups=cfg.groups, dropout=cfg.dropout)
@@ -226,14 +233,26 @@ class UNet(nn.Module):
         num_heads = max(1, channels // self.config.attention_head_dim)
         return SelfAttention2d(channels, num_heads=num_heads, groups=self.config.groups, zero_init=True)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """x_t: [B, C, H, W] with H, W divisible by 2**(levels-1); t: [B] float timesteps."""
+    def without_augmentation(self) -> UNet:
+        """This network without its augmentation condition: the same function at sampling, and
+        the same weights but the condition's."""
+        if not self.config.augment_dim:
+            return self
+        plain = UNet(dataclasses.replace(self.config, augment_dim=0))
+        plain.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("augment_embedding.")})
+        return plain.to(self.conv_in.weight.device).train(self.training)
+
+    def forward(self, x_t: Tensor, t: Tensor, augment: Tensor | None = None) -> Tensor:
+        """x_t: [B, C, H, W] with H, W divisible by 2**(levels-1); t: [B] float timesteps;
+        augment: [B, augment_dim], the augmentation of each x_t (None: none)."""
         factor = 2 ** (len(self.config.channel_mult) - 1)
         if x_t.shape[-2] % factor or x_t.shape[-1] % factor:
             raise ValueError(f"height and width must be divisible by {factor}, got {tuple(x_t.shape)}")
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if augment is not None:
+            emb = emb + self.augment_embedding(augment.to(emb.dtype))
 
         h = self.conv_in(x_t)
         skips = [h]

@@ -40,7 +40,10 @@ class TrainConfig:
     ema_max_decay: float = 0.9999
     ema_power: float = 2 / 3
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    channels_last: bool = False  # the network and its inputs in NHWC memory format
     flip: bool = True
+    augment: float = 0.0  # probability of each non-leaking augmentation (catdiff.training.augment); 0: off
+    init: str | None = None  # the model the run started from (catdiff.training.init); None: from scratch
     seed: int = 0
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -48,6 +51,7 @@ class TrainConfig:
     preview_n: int = 16
     preview_steps: int = 50
     log_every: int = 50
+    eval_every: int = 0  # steps between evaluations during the run (catdiff.training.report); 0: at the end only
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -60,9 +64,11 @@ class TrainConfig:
             "time_budget": self.time_budget is None or self.time_budget > 0,
             "lr": self.lr > 0,
             "label_dropout": 0 <= self.label_dropout <= 1,
+            "augment": 0 <= self.augment <= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "preview_every": self.preview_every >= 0,
             "log_every": self.log_every >= 1,
+            "eval_every": self.eval_every >= 0,
             "prediction": self.prediction in PREDICTIONS,
             "lr_schedule": self.lr_schedule in ("constant", "cosine"),
             "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),

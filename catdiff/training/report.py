@@ -1,19 +1,24 @@
 """The evaluation at the end of ``catdiff train``: ``RUN/report.json``.
 
 The EMA model of the run's newest checkpoint samples N images with its default sampler; their
-Fréchet distance in TAESD features to the training images (at most 2,000, evenly spaced) and,
-given held-out images, their memorisation (:func:`catdiff.metrics.evaluate`) are written with the
-machine, precision, steps and training time that produced them.
+Fréchet distance in TAESD features to the training images (at most 2,000, evenly spaced; their
+features taken once per run) and, given held-out images, their memorisation
+(:func:`catdiff.metrics.memorisation`) are written with the machine, precision, steps and
+training time that produced them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from catdiff.data.holdout import read_files, training_files
 from catdiff.data.image_folder import uint8_to_float
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"  # in the run folder
 REPORT_FORMAT = "catdiff.report/1"
+EVALUATIONS_FILE = "evaluations.jsonl"  # every report of the run, oldest first
 MAX_TRAIN = 2000  # training images the samples are compared with
 MEMORISED_WARNING = 0.01  # a memorised fraction above this is warned about
 
@@ -43,42 +49,59 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@dataclass
+class References:
+    """What a run's samples are measured against, read and featurised once per run: up to
+    :data:`MAX_TRAIN` training images and the held-out ones."""
+
+    train: Tensor
+    heldout: Tensor
+    frechet: Callable[[Tensor], float]
+
+    @classmethod
+    def of(cls, folder: Path, heldout: list[str]) -> References:
+        from catdiff.metrics import FEATURE_SIZE, FrechetToReference, TAESDFeatures
+
+        folder = folder.resolve()
+        train = uint8_to_float(read_files(training_files(folder, heldout), FEATURE_SIZE, at_most=MAX_TRAIN))
+        held = uint8_to_float(read_files([folder / name for name in heldout], FEATURE_SIZE))
+        return cls(train, held, FrechetToReference(train, TAESDFeatures()))
+
+
 def evaluate_run(
     run_dir: Path,
-    folder: Path,
-    heldout: list[str],
+    references: References,
     *,
-    samples: int | None = None,
+    samples: int,
     device: str | torch.device = "cpu",
     training: dict[str, Any],
 ) -> dict[str, Any]:
-    """Evaluate the newest checkpoint of ``run_dir``, trained on ``folder`` but its ``heldout``
-    files, and write ``report.json``; ``training`` (precision, steps, elapsed) goes in as it is."""
-    from catdiff.metrics import FEATURE_SIZE, evaluate
+    """Evaluate the newest checkpoint of ``run_dir`` on ``samples`` images against its
+    ``references``, write ``report.json`` and add it to ``evaluations.jsonl``; ``training``
+    (precision, steps, elapsed, init) goes in as it is."""
+    from catdiff.metrics import memorisation
     from catdiff.pipeline import Pipeline
 
-    folder = folder.resolve()
-    n = samples or eval_samples(len(heldout))
-    train = uint8_to_float(read_files(training_files(folder, heldout), FEATURE_SIZE, at_most=MAX_TRAIN))
-    held = uint8_to_float(read_files([folder / name for name in heldout], FEATURE_SIZE))
-    log.info("evaluating: %d samples against %d training and %d held-out images", n, len(train), len(held))
-    images = Pipeline.from_folder(run_dir, device=device).sample(n, progress=None).cpu()
-    figures = evaluate(images, train, held if len(held) else None)
+    train, held = references.train, references.heldout
+    log.info("evaluating: %d samples against %d training and %d held-out images", samples, len(train), len(held))
+    images = Pipeline.from_folder(run_dir, device=device).sample(samples, progress=None).cpu()
+    copies = memorisation(images, train, held) if len(held) else None
     report = {
         "format": REPORT_FORMAT,
         "features": "taesd",
-        "frechet": figures["frechet"],
-        "memorised_fraction": figures.get("memorised_fraction"),
-        "nearest_median_ratio": figures.get("nearest_median_ratio"),
-        "samples": n,
+        "frechet": references.frechet(images),
+        "memorised_fraction": None if copies is None else copies.fraction_closer,
+        "nearest_median_ratio": None if copies is None else copies.median_ratio,
+        "samples": samples,
         "train_images": len(train),
         "heldout_images": len(held),
         "cpu": cpu_name(),
         "device": str(device),
-        "init": None,
         **training,
     }
     write_json(run_dir / REPORT_FILE, report)
+    with open(run_dir / EVALUATIONS_FILE, "a") as history:
+        history.write(json.dumps(report) + "\n")
     return report
 
 
