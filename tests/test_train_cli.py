@@ -21,9 +21,17 @@ from test_digits import TINY_CLASS_UNET, make_digits_folder
 
 from catdiff.cli import build_parser
 from catdiff.cli.options import parse_duration
-from catdiff.cli.train import choose_speed, continue_run, default_recipe, planned_budget, train_options
+from catdiff.cli.train import (
+    AUGMENT_P,
+    choose_augmentation,
+    choose_speed,
+    continue_run,
+    default_recipe,
+    planned_budget,
+    train_options,
+)
 from catdiff.data.image_folder import ImageFolder, find_classes, find_images
-from catdiff.data.sources import data_kind, folder_classes, latent_training_data
+from catdiff.data.sources import data_kind, folder_classes, latent_size, latent_training_data
 from catdiff.errors import UserError
 from catdiff.images import to_uint8
 from catdiff.io.checkpoints import checkpoint_dirs, read_config, write_model_folder
@@ -40,6 +48,7 @@ from catdiff.recipes import (
     load_recipe,
 )
 from catdiff.training import speed
+from catdiff.training.augment import AUGMENT_DIM
 from catdiff.training.speed import candidates
 from catdiff.training.trainer import TrainConfig
 
@@ -125,7 +134,7 @@ def test_a_recipes_bf16_becomes_fp32_where_bf16_is_slow(monkeypatch: pytest.Monk
         monkeypatch.setattr(speed, "fast_bf16", lambda fast=fast: fast)
         args = parse("train", "x", "--out", "r", *flags)
         options = {**train_options(args, "cats-128-taesd"), "model": TINY_NET}
-        choose_speed(args, options, (4, 4, 4), "cpu")
+        choose_speed(args, options, (4, 4, 4), "cpu", measure=False)
         assert options["mixed_precision"] == expected and options["channels_last"] is False
 
 
@@ -142,7 +151,7 @@ def test_auto_takes_the_fastest_setting_measured_here(monkeypatch: pytest.Monkey
     monkeypatch.setattr(speed, "images_per_second", measured)
     args = parse("train", "x", "--out", "r")
     options = {"model": TINY_NET, "mixed_precision": "auto", "channels_last": "auto", "batch_size": 4}
-    choose_speed(args, options, (4, 4, 4), "cpu")
+    choose_speed(args, options, (4, 4, 4), "cpu", measure=False)
     assert set(tried) == (set(rates) if fast else {("no", False), ("no", True)})  # bf16 only where fast
     assert (options["mixed_precision"], options["channels_last"]) == (("bf16", False) if fast else ("no", True))
 
@@ -428,3 +437,24 @@ def test_best_of_with_a_stored_scorer_on_a_run_folder_says_it_has_no_statistics(
 ) -> None:
     result = catdiff("generate", "--model", str(run_folder), "--n", "1", "--best-of", "2", "--out", str(tmp_path / "x"))
     assert_one_line_error(result, "no statistics for --scorer eigen", "--reference-images", "--scorer clip")
+
+
+@pytest.mark.parametrize(("sides", "size"), [([200, 180], 128), ([64, 64], 64), ([40, 48], 64), ([100, 120], 96)])
+def test_the_training_size_comes_from_the_pictures(tmp_path: Path, sides: list[int], size: int) -> None:
+    for i, side in enumerate(sides * 3):
+        Image.new("RGB", (side + 30, side)).save(tmp_path / f"{i}.png")  # the shorter side counts
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert latent_size(tmp_path) == size
+
+
+def test_a_default_run_augments_where_it_shows_each_picture_more_than_100_times() -> None:
+    def decided(*flags: str, count: int, rate: float = 50.0, budget: float = 600.0) -> dict:
+        options = {"model": {"type": "unet"}, "time_budget": budget}
+        choose_augmentation(parse("train", "x", "--out", "r", *flags), options, count, rate, default=True)
+        return options
+
+    assert "augment" not in decided(count=7888)  # 600 s x 50 img/s: 4 passes
+    small = decided(count=200)  # 150 passes
+    assert small["augment"] == AUGMENT_P and small["model"]["augment_dim"] == AUGMENT_DIM
+    assert decided("--augment", "0", count=200).get("augment") in (None, 0)
+    assert "augment" not in decided("--resume", count=200)  # a resumed run keeps what it chose

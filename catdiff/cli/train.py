@@ -317,10 +317,13 @@ def start_from(args: argparse.Namespace, options: dict[str, Any]) -> InitModel |
     return init
 
 
-def choose_speed(args: argparse.Namespace, options: dict[str, Any], shape: tuple[int, ...], device: str) -> float:
+def choose_speed(
+    args: argparse.Namespace, options: dict[str, Any], shape: tuple[int, ...], device: str, *, measure: bool
+) -> float | None:
     """Settle how the run computes (:mod:`catdiff.training.speed`): a recipe's ``"auto"``
     precision or memory format is measured here, its bf16 becomes fp32 where bf16 is slow
-    (unless ``--mixed-precision`` says so), and the choice is logged. Returns its images/s."""
+    (unless ``--mixed-precision`` says so), and the choice is logged. Returns its images/s if
+    measured (always, with ``measure``)."""
     import os
 
     import torch
@@ -334,24 +337,29 @@ def choose_speed(args: argparse.Namespace, options: dict[str, Any], shape: tuple
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # processes must agree: no timing, which could differ
         precision = ("bf16" if fast_bf16() else "no") if precision == "auto" else precision
         layout = False if layout == "auto" else layout
-    batch = options.get("batch_size", 1)
-    chosen, rates = choose_speed(options["model"], shape, batch, candidates(precision, layout), torch.device(device))
+    settings = candidates(precision, layout)
+    if options["model"].get("type") == "autoencoder_kl":  # timed as a denoiser is, so not timed
+        settings, measure = settings[:1], False
+    chosen, rates = choose_speed(
+        options["model"], shape, options.get("batch_size", 1), settings, torch.device(device), measure_one=measure
+    )
     options.update(chosen)
     if len(rates) > 1:
         measured = ", ".join(f"{describe(setting)} {rate:.1f}" for setting, rate in rates)
         log.info("computing in %s, the fastest here (images/s: %s)", describe(chosen), measured)
-    return rates[0][1]
+    return rates[0][1] if rates else None
 
 
 def choose_augmentation(
-    args: argparse.Namespace, options: dict[str, Any], count: int, rate: float, *, default: bool
+    args: argparse.Namespace, options: dict[str, Any], count: int, rate: float | None, *, default: bool
 ) -> None:
     """Non-leaking augmentation (:mod:`catdiff.training.augment`) as asked, or by default where
     the run would show each image more than :data:`AUGMENT_PASSES` times (at ``rate`` images/s
     over its budget), where a small folder begins to be copied; the network gets its condition."""
     from catdiff.training.augment import AUGMENT_DIM
 
-    if default and options.get("augment") is None and not args.resume:
+    undecided = args.augment is None and options.get("augment") is None and not args.resume
+    if default and undecided and rate is not None:
         budget = options.get("time_budget")
         steps = options.get("max_steps") or 0
         shown = budget * rate if budget is not None else steps * options.get("batch_size", 1)
@@ -459,8 +467,9 @@ def run_train(args: argparse.Namespace) -> None:
     if default_budget and not args.resume:
         log.info("training for %s (the default; --time or --max-steps to choose)", duration(options["time_budget"]))
     prepare_model(options, source)
-    rate = choose_speed(args, options, tuple(source.data.shape[1:]), device)
-    choose_augmentation(args, options, len(source.data), rate, default=recipe is not None and latents)
+    default = recipe is not None and latents  # a default run decides on augmentation by its speed
+    rate = choose_speed(args, options, tuple(source.data.shape[1:]), device, measure=default and not args.resume)
+    choose_augmentation(args, options, len(source.data), rate, default=default)
     config = TrainConfig.from_dict(options)
     trainer = Trainer(
         config,

@@ -71,10 +71,19 @@ def images_per_second(
 
 
 def choose_speed(
-    model: dict[str, Any], shape: Sequence[int], batch: int, options: list[dict[str, Any]], device: torch.device
+    model: dict[str, Any],
+    shape: Sequence[int],
+    batch: int,
+    options: list[dict[str, Any]],
+    device: torch.device,
+    *,
+    measure_one: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
-    """The fastest of ``options`` and every option's measured images/s (the fastest first). A
-    model config that builds no model is a :class:`UserError`."""
+    """The fastest of the denoiser settings ``options`` and every option's measured images/s
+    (the fastest first; a single option is timed only if ``measure_one``). A model config that
+    builds no model is a :class:`UserError`."""
+    if len(options) == 1 and not measure_one:
+        return options[0], []
     try:
         build_model(model)
     except (TypeError, ValueError) as error:
