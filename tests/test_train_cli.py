@@ -28,6 +28,7 @@ from catdiff.cli.train import (
     continue_run,
     default_recipe,
     planned_budget,
+    resumed_train_config,
     train_options,
 )
 from catdiff.data.image_folder import ImageFolder, find_classes, find_images
@@ -458,3 +459,14 @@ def test_a_default_run_augments_where_it_shows_each_picture_more_than_100_times(
     assert small["augment"] == AUGMENT_P and small["model"]["augment_dim"] == AUGMENT_DIM
     assert decided("--augment", "0", count=200).get("augment") in (None, 0)
     assert "augment" not in decided("--resume", count=200)  # a resumed run keeps what it chose
+
+
+def test_a_resumed_run_keeps_its_recipe_and_budget(model_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = {**read_config(model_folder), "train": {"recipe": "folder-10m", "time_budget": 600.0}}
+    write_model_folder(run / "checkpoints" / "step-0000004", config, {})
+    resumed = parse("train", str(tmp_path), "--out", str(run), "--resume")
+    assert planned_budget(resumed, run) == 600 and resumed_train_config(resumed, run)["recipe"] == "folder-10m"
+    longer = parse("train", str(tmp_path), "--out", str(run), "--resume", "--time", "2h")
+    assert planned_budget(longer, run) == 7200 and default_recipe(longer, "images", None, 7200) == "folder-2h"
+    assert resumed_train_config(parse("train", "x", "--out", str(run)), run) == {}  # no --resume: a new run

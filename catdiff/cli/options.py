@@ -6,7 +6,9 @@ import argparse
 import math
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,14 +29,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
-    return value
+def bounded(kind: type[int] | type[float], low: float, high: float, *, above_low: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` from ``low`` to ``high`` (above ``low`` with ``above_low``)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not (low < value if above_low else low <= value) or not value <= high:
+            interval = f"in ({low}, {high}]" if above_low else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {interval}, got {value}")
+        return value
+
+    return parse
+
+
+probability = bounded(float, 0, 1)
 
 
 _DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d*)?)h)?(?:(?P<m>\d+(?:\.\d*)?)m)?(?:(?P<s>\d+(?:\.\d*)?)s)?")

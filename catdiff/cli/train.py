@@ -264,17 +264,24 @@ def default_recipe(args: argparse.Namespace, kind: str, classes: list[str] | Non
     return DEFAULT_CLASSES if classes else budget_recipe(budget)
 
 
+def resumed_train_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """The training options of the checkpoint ``--resume`` continues from (empty if none)."""
+    from catdiff.io.checkpoints import checkpoint_dirs, read_config
+
+    found = checkpoint_dirs(run_dir) if args.resume else []
+    return read_config(found[-1]).get("train", {}) if found else {}
+
+
 def planned_budget(args: argparse.Namespace, run_dir: Path) -> float | None:
     """The training time of the run: ``--time``, else the resumed run's, else
     :data:`~catdiff.recipes.DEFAULT_BUDGET` unless ``--max-steps`` bounds it instead."""
-    from catdiff.io.checkpoints import checkpoint_dirs, read_config
     from catdiff.recipes import DEFAULT_BUDGET
 
     if args.time_budget is not None:
         return args.time_budget
-    found = checkpoint_dirs(run_dir) if args.resume else []
-    if found:
-        return read_config(found[-1]).get("train", {}).get("time_budget")
+    saved = resumed_train_config(args, run_dir)
+    if saved:
+        return saved.get("time_budget")
     return None if args.max_steps is not None else DEFAULT_BUDGET
 
 
@@ -282,10 +289,7 @@ def continue_run(args: argparse.Namespace, options: dict[str, Any], run_dir: Pat
     """``--resume`` keeps the run's time budget (and its step limit) unless ``--time`` or
     ``--max-steps`` is given again, the model it started from unless ``--init`` is, and its
     precision and memory format unless ``--mixed-precision`` is (so it continues bit-exactly)."""
-    from catdiff.io.checkpoints import checkpoint_dirs, read_config
-
-    found = checkpoint_dirs(run_dir) if args.resume else []
-    saved = read_config(found[-1]).get("train", {}) if found else {}
+    saved = resumed_train_config(args, run_dir)
     if args.init is None:
         args.init = saved.get("init")
     # The choices of the machine the run started on, so that it continues bit-exactly.
@@ -420,7 +424,11 @@ def run_train(args: argparse.Namespace) -> None:
     classes = folder_classes(args.data) if kind == "images" and not args.unconditional else None
     budget = planned_budget(args, run_dir)
     recipe = default_recipe(args, kind, classes, budget)
+    if recipe is not None:  # a resumed run keeps its own, whatever its budget has become
+        recipe = resumed_train_config(args, run_dir).get("recipe") or recipe
     options = train_options(args, recipe)
+    if recipe is not None or args.recipe is not None:
+        options["recipe"] = recipe or args.recipe
     default_budget = recipe is not None and budget is not None and options.get("time_budget") is None
     if default_budget:
         options["time_budget"], options["max_steps"] = budget, None

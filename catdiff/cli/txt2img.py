@@ -8,32 +8,12 @@ from pathlib import Path
 
 from torch import Tensor
 
-from catdiff.cli.options import add_device_option, check_writable
+from catdiff.cli.options import add_device_option, bounded, check_writable
 from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.errors import UserError
 from catdiff.pipeline import PRECISIONS
 from catdiff.sd.pipeline import StableDiffusion
-
-
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
-def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 1000, got {value}")
-    return value
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -50,14 +30,19 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("txt2img.png"), help="PNG to write")
     p.add_argument("--negative", default="", help="negative prompt: what to steer away from")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (1: none)")
-    p.add_argument("--steps", type=_steps, default=30, help="sampler steps")
+    p.add_argument("--steps", type=bounded(int, 1, 1000), default=30, help="sampler steps")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp_2m")
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, default="trailing", help="the sigma grid")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same image")
     p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's, 512)")
     p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's, 512)")
     p.add_argument("--init-image", type=Path, help="image-to-image: start from this picture")
-    p.add_argument("--strength", type=_strength, default=0.75, help="image-to-image: how much to change, (0, 1]")
+    p.add_argument(
+        "--strength",
+        type=bounded(float, 0, 1, above_low=True),
+        default=0.75,
+        help="image-to-image: how much to change, (0, 1]",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weights' dtype (fp16 halves the memory)")
     add_device_option(p)
     p.set_defaults(run=run_txt2img)

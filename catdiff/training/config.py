@@ -43,6 +43,7 @@ class TrainConfig:
     channels_last: bool = False  # the network and its inputs in NHWC memory format
     flip: bool = True
     augment: float = 0.0  # probability of each non-leaking augmentation (catdiff.training.augment); 0: off
+    recipe: str | None = None  # the shipped recipe the options came from (catdiff.recipes)
     init: str | None = None  # the model the run started from (catdiff.training.init); None: from scratch
     seed: int = 0
     checkpoint_every: int = 1000
