@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
-from catdiff.diffusion.conditioning import Condition, GuidedCondition, Unconditional
+from catdiff.diffusion.conditioning import Autoguided, Condition, GuidedCondition, Unconditional
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.noise import image_generators, standard_normal
 from catdiff.diffusion.objective import Prediction
@@ -60,6 +60,7 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 PIPELINE_FORMAT = "catdiff.pipeline/1"
 PIPELINE_FILE = "pipeline.json"
 UNET_DIR = "unet"
+GUIDE_DIR = "guide"  # the autoguidance network of an unconditional pipeline, if it has one
 AUTOENCODER_DIR = "autoencoder"
 BUNDLED_DIR = Path(__file__).parent / "weights"
 BUNDLED_PIPELINES = ("cats", "digits")
@@ -114,6 +115,13 @@ def read_model(path: Path) -> tuple[Path, dict[str, Any], Path]:
     return folder, read_config(folder), folder
 
 
+def guide_folder(home: Path) -> Path | None:
+    """The autoguidance network of the model at ``home`` (of :func:`read_model`), if it has one:
+    ``guide/`` of a pipeline or model folder, or of the run a checkpoint belongs to."""
+    owner = home.parent.parent if home.parent.name == CHECKPOINTS_DIR else home
+    return owner / GUIDE_DIR if (owner / GUIDE_DIR).is_dir() else None
+
+
 def recorded_autoencoder(config: dict[str, Any], folder: Path) -> Autoencoder | None:
     """The autoencoder a run's latents came from, checked against its recorded fingerprint."""
     recorded = config.get("autoencoder")
@@ -140,10 +148,16 @@ class Pipeline:
     dynamic_percentile: float | None = None
     autoencoder: Autoencoder | None = None
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
+    #: A weaker version of ``network`` (same prediction) that guides it: :meth:`autoguidance`.
+    guide: nn.Module | None = None
 
     @classmethod
     def from_config(
-        cls, config: dict[str, Any], network: nn.Module, autoencoder: Autoencoder | None = None
+        cls,
+        config: dict[str, Any],
+        network: nn.Module,
+        autoencoder: Autoencoder | None = None,
+        guide: nn.Module | None = None,
     ) -> Pipeline:
         diffusion = config["diffusion"]
         return cls(
@@ -155,6 +169,7 @@ class Pipeline:
             dynamic_percentile=diffusion.get("dynamic_percentile"),
             autoencoder=autoencoder,
             sampling={**DEFAULT_SAMPLING, **config.get("sampling", {})},
+            guide=guide,
         )
 
     @classmethod
@@ -162,11 +177,15 @@ class Pipeline:
         """Load a pipeline folder, a model folder, a training checkpoint, or a run's newest checkpoint."""
         weights, config, home = read_model(Path(path))
         network, _ = load_network(weights, ema=ema)
-        pipeline = cls.from_config(config, network, recorded_autoencoder(config, home))
+        guide = guide_folder(home)
+        guide = None if guide is None else load_network(guide, ema=ema)[0]
+        pipeline = cls.from_config(config, network, recorded_autoencoder(config, home), guide)
         return pipeline.to(device)
 
     def to(self, device: str | torch.device) -> Pipeline:
         self.network.to(device)
+        if self.guide is not None:
+            self.guide.to(device)
         if self.autoencoder is not None:
             self.autoencoder.to(device)
         return self
@@ -175,6 +194,8 @@ class Pipeline:
         """Compile the denoiser with ``torch.compile`` (the first batch pays the compile time;
         worth it for long sampling runs or a server). Needs a C++ compiler on CPU."""
         self.network = torch.compile(self.network, dynamic=False)
+        if self.guide is not None:
+            self.guide = torch.compile(self.guide, dynamic=False)
         return self
 
     def save(self, folder: Path, config: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> Path:
@@ -184,11 +205,9 @@ class Pipeline:
         loaded back into float32 modules.
         """
         folder.mkdir(parents=True, exist_ok=True)
-        network = getattr(self.network, "_orig_mod", self.network)  # the module itself, if compiled
-        if hasattr(network, "without_augmentation"):  # sampling never gives the condition
-            network = network.without_augmentation()
-        weights = {name: tensor.to(dtype) for name, tensor in network.state_dict().items()}
-        write_model_folder(folder / UNET_DIR, {"model": model_config(network)}, weights)
+        write_network(folder / UNET_DIR, self.network, dtype)
+        if self.guide is not None:
+            write_network(folder / GUIDE_DIR, self.guide, dtype)
         description = {key: config[key] for key in ("diffusion", "sample_shape", "autoencoder") if key in config}
         description["sampling"] = self.sampling
         if self.autoencoder is not None:
@@ -207,16 +226,38 @@ class Pipeline:
 
     @property
     def guidance(self) -> float:
-        """The default classifier-free guidance scale of a class-conditional pipeline."""
+        """The default guidance scale: classifier-free for a class-conditional pipeline,
+        autoguidance for an unconditional one with a :attr:`guide`; 1 is none."""
         return self.sampling.get("guidance", 1.0)
+
+    def default_condition(self) -> Condition:
+        """What images are conditioned on when a call says nothing: autoguided at the pipeline's
+        guidance where it has a guide, else nothing."""
+        return Unconditional() if self.guide is None else self.autoguidance()
+
+    def autoguidance(self, guidance: float | None = None) -> Autoguided:
+        """Unconditional images guided by :attr:`guide` at ``guidance`` (default: the
+        pipeline's; 1: none; Karras et al. 2024), over the pipeline's ``guidance_interval`` of
+        noise levels ``[sigma_low, sigma_high]`` if it has one (Kynkäänniemi et al. 2024)."""
+        guidance = self.guidance if guidance is None else check_guidance(guidance)
+        if self.guide is None:
+            raise UserError("this model is unconditional and has no guide network (autoguidance): it takes no guidance")
+        low, high = self.sampling.get("guidance_interval", (0.0, math.inf))
+        return Autoguided(self.guide, guidance, self._timestep(low), self._timestep(high))
+
+    def _timestep(self, sigma: float) -> float:
+        """The timestep of noise level ``sigma``; -inf below the schedule's levels, inf above."""
+        if sigma < self.schedule.sigma_min:
+            return -math.inf
+        if sigma > self.schedule.sigma_max:
+            return math.inf
+        return float(self.schedule.sigma_to_t(torch.tensor(float(sigma))))
 
     def class_condition(self, labels: Sequence[int] | Tensor, guidance: float | None = None) -> GuidedCondition:
         """Image ``i`` of class ``labels[i]``, guided at ``guidance`` (default: the pipeline's;
         1: the conditional model, 0: the unconditional one; Ho & Salimans 2022). Labels or
         guidance that this pipeline cannot use are a :class:`UserError`."""
-        guidance = self.guidance if guidance is None else guidance
-        if not math.isfinite(guidance) or guidance < 0:
-            raise UserError(f"guidance must be a finite number of at least 0, got {guidance}")
+        guidance = self.guidance if guidance is None else check_guidance(guidance)
         if self.num_classes is None:
             raise UserError("this model is not class-conditional: it takes no class or guidance")
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
@@ -264,7 +305,7 @@ class Pipeline:
         """
         if n < 1:
             raise UserError(f"n must be at least 1, got {n}")
-        condition = condition or Unconditional()
+        condition = condition or self.default_condition()
         steps = steps or self.sampling["steps"]
         settings = {"sampler": sampler, "steps": steps, "spacing": spacing, "sampler_options": sampler_options}
         images = []
@@ -322,7 +363,7 @@ class Pipeline:
             x = init.float() + float(sigmas[0]) * standard_normal(init.shape, generators, device=self.device)
         with autocast(self.device, precision):
             x = sample_fn(
-                self.denoiser(condition or Unconditional()),
+                self.denoiser(condition or self.default_condition()),
                 x,
                 sigmas.to(self.device),
                 generator=generators,
@@ -346,6 +387,23 @@ class Pipeline:
         scores = scorer(images)
         order = scores.argsort(descending=True)[:keep]
         return images[order], scores[order], order
+
+
+def check_guidance(guidance: float) -> float:
+    """A guidance scale, refused as a :class:`UserError` unless finite and at least 0."""
+    if not math.isfinite(guidance) or guidance < 0:
+        raise UserError(f"guidance must be a finite number of at least 0, got {guidance}")
+    return guidance
+
+
+def write_network(folder: Path, network: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """A denoiser as a model folder, its weights in ``dtype``: the module itself if compiled,
+    without its augmentation input (sampling never gives that condition)."""
+    network = getattr(network, "_orig_mod", network)
+    if hasattr(network, "without_augmentation"):
+        network = network.without_augmentation()
+    weights = {name: tensor.to(dtype) for name, tensor in network.state_dict().items()}
+    write_model_folder(folder, {"model": model_config(network)}, weights)
 
 
 def sdedit_steps(steps: int, strength: float) -> int:

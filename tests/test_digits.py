@@ -207,7 +207,7 @@ def test_an_unconditional_model_refuses_class_and_guidance(
     pipeline_dir: Path, tmp_path: Path, flags: list[str]
 ) -> None:
     result = catdiff("generate", "--model", str(pipeline_dir), "--out", str(tmp_path / "x.png"), *flags)
-    assert_one_line_error(result, "class-conditional")
+    assert_one_line_error(result, "unconditional")
 
 
 def test_guidance_is_part_of_the_condition_not_a_sampler_option(class_pipeline: Path, pipeline_dir: Path) -> None:

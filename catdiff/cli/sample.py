@@ -28,6 +28,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 # --- options shared by sample and generate --------------------------------------------------------
 
 
+GUIDANCE_HELP = (
+    "guidance scale, 1 for none: classifier-free for class-conditional models, autoguidance for models"
+    " with a guide network (default: the model's)"
+)
+
+
 def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
     """``--n --seed --steps --sampler --spacing --precision --class --guidance --device``, and the
     output: a grid ``--out`` (default ``grid``) or one PNG per seed in ``--out-dir``."""
@@ -41,9 +47,7 @@ def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
         metavar="CLASS",
         help="class-conditional models: the class of every image, by name (a trained folder's subfolder) or number",
     )
-    p.add_argument(
-        "--guidance", type=float, help="class-conditional models: classifier-free guidance scale (default: the model's)"
-    )
+    p.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     add_device_option(p, "sample on")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", type=Path, default=Path(grid), help=f"grid PNG to write (default {grid})")
@@ -82,9 +86,9 @@ def condition_options(
     for all ``n`` images or, on a class-conditional model without it, the classes in turn; the
     model's guidance by default."""
     if pipeline.num_classes is None:
-        if args.label is not None or args.guidance is not None:
-            raise UserError("--class and --guidance need a class-conditional model; this one is unconditional")
-        return {}
+        if args.label is not None:
+            raise UserError("--class needs a class-conditional model; this one is unconditional")
+        return {} if args.guidance is None else {"condition": pipeline.autoguidance(args.guidance)}
     if args.label is not None:
         labels = [class_label(args.label, classes)] * n
     else:
@@ -220,7 +224,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     p.add_argument("--fp16", action="store_true", help="store the denoiser's weights in float16 (half the size)")
     add_sampler_options(p, "stored as the pipeline's default")
-    p.add_argument("--guidance", type=float, help="a class-conditional pipeline's default guidance scale")
+    p.add_argument("--guidance", type=float, help="the pipeline's default guidance scale (" + GUIDANCE_HELP + ")")
     p.add_argument(
         "--reference-images",
         type=Path,
@@ -239,8 +243,10 @@ def run_export(args: argparse.Namespace) -> None:
 
     folder = resolve_model_folder(args.model)
     pipeline = Pipeline.from_folder(folder, ema=not args.no_ema)
-    if args.guidance is not None:
-        pipeline.class_condition([0], args.guidance)  # refuses bad guidance, or any on an unconditional model
+    if args.guidance is not None and pipeline.num_classes is None:  # refused unless it has a guide
+        pipeline.autoguidance(args.guidance)
+    elif args.guidance is not None:
+        pipeline.class_condition([0], args.guidance)  # refuses bad guidance
     chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "guidance": args.guidance}
     pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
     config = read_config(folder)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +100,31 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write checkpoint ``step`` atomically (temp folder + rename) and keep the newest ``keep``."""
+
+    def fill(folder: Path) -> None:
+        write_model_folder(folder, config, model_state, ema_state)
+        torch.save(training_state, folder / TRAINING_STATE_FILE)
+
     root = run_dir / CHECKPOINTS_DIR
-    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
-    for stale in root.glob(f".{CHECKPOINT_PREFIX}*.tmp-*"):  # left by a run killed while saving
+    for stale in root.glob(f".{CHECKPOINT_PREFIX}*.tmp-*"):  # of any step, left by a run killed while saving
         shutil.rmtree(stale)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    write_model_folder(tmp, config, model_state, ema_state)
-    torch.save(training_state, tmp / TRAINING_STATE_FILE)
+    final = replace_folder(root / f"{CHECKPOINT_PREFIX}{step:07d}", fill)
+    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def replace_folder(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Write folder ``final`` whole or not at all: ``fill`` writes a temporary folder beside it,
+    which then replaces it by a rename (temporaries left by a killed run are removed first)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    fill(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
     return final
 
 

@@ -31,18 +31,24 @@ class Clock:
 
 def learning_rate_factor(step: int, config: TrainConfig, spent: float = 0.0) -> float:
     """Linear warm-up over ``warmup_steps``, then constant or cosine decay to zero at the run's
-    end (Loshchilov & Hutter 2017): the progress is steps over ``max_steps`` or training time
-    ``spent`` over ``time_budget``, whichever is further along."""
+    end (Loshchilov & Hutter 2017), on the :func:`run_progress` after the warm-up."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     if config.lr_schedule == "constant":
         return 1.0
+    progress = run_progress(step, spent, config, start=config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def run_progress(step: int, spent: float, config: TrainConfig, *, start: int = 0) -> float:
+    """How far along the run is, from 0 at step ``start``: steps over ``max_steps`` or training
+    time over ``time_budget``, whichever is further."""
     progress = 0.0
     if config.max_steps is not None:
-        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        progress = (step - start) / max(1, config.max_steps - start)
     if config.time_budget is not None:
         progress = max(progress, spent / config.time_budget)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return progress
 
 
 def finished(step: int, spent: float, config: TrainConfig) -> bool:

@@ -53,9 +53,17 @@ class TrainConfig:
     preview_steps: int = 50
     log_every: int = 50
     eval_every: int = 0  # steps between evaluations during the run (catdiff.training.report); 0: at the end only
+    # Autoguidance (Karras et al. 2024): the EMA weights this far through the run (0..1) are kept
+    # as RUN/guide, the weaker model that guides the final one at ``guidance`` over noise levels
+    # ``guidance_interval`` ([sigma_low, sigma_high]); None: no guide.
+    guide_at: float | None = None
+    guidance: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if self.guidance_interval is not None:
+            self.guidance_interval = tuple(self.guidance_interval)
         if self.max_steps is None and self.time_budget is None:
             self.max_steps = DEFAULT_MAX_STEPS
         checks = {
@@ -70,6 +78,10 @@ class TrainConfig:
             "preview_every": self.preview_every >= 0,
             "log_every": self.log_every >= 1,
             "eval_every": self.eval_every >= 0,
+            "guide_at": self.guide_at is None or 0 < self.guide_at < 1,
+            "guidance": self.guidance >= 0,
+            "guidance_interval": self.guidance_interval is None
+            or 0 <= self.guidance_interval[0] < self.guidance_interval[1],
             "prediction": self.prediction in PREDICTIONS,
             "lr_schedule": self.lr_schedule in ("constant", "cosine"),
             "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),

@@ -35,12 +35,14 @@ from catdiff.io.checkpoints import (
     read_config,
     read_training_state,
     read_weights,
+    replace_folder,
     save_checkpoint,
 )
 from catdiff.io.state_dicts import load_state_strict
 from catdiff.models import NULL_CLASS, build_model, model_config
+from catdiff.pipeline import GUIDE_DIR, write_network
 from catdiff.training.augment import AUGMENT_DIM, augment, with_augmentation
-from catdiff.training.budget import Clock, finished, learning_rate_factor
+from catdiff.training.budget import Clock, finished, learning_rate_factor, run_progress
 from catdiff.training.config import TrainConfig
 from catdiff.training.ema import EMA
 from catdiff.training.progress import Progress, append_record, truncate_log
@@ -189,7 +191,22 @@ class Trainer:
             "autoencoder": self.autoencoder,
             "data": self.data_info,
             "train": asdict(self.config),
+            **self.sampling(),
         }
+
+    def sampling(self) -> dict[str, Any]:
+        """How the run's model samples, where that differs from the default: autoguided by its
+        guide, once that has been written."""
+        if self.config.guide_at is None or not (self.run_dir / GUIDE_DIR).is_dir():
+            return {}
+        sampling: dict[str, Any] = {"guidance": self.config.guidance}
+        if self.config.guidance_interval is not None:
+            sampling["guidance_interval"] = list(self.config.guidance_interval)
+        return {"sampling": sampling}
+
+    def save_guide(self) -> Path:
+        """The EMA weights now, as the model folder ``RUN/guide`` (written whole or not at all)."""
+        return replace_folder(self.run_dir / GUIDE_DIR, lambda folder: write_network(folder, self.ema.model))
 
     def save(self) -> Path | None:
         self.accelerator.wait_for_everyone()
@@ -307,6 +324,7 @@ class Trainer:
             return None
         images_per_step = config.batch_size * config.grad_accum * self.world
         window_loss, window_steps, window_start = 0.0, 0, self.clock.spent
+        guide_due = config.guide_at is not None and run_progress(self.step, self.clock.spent, config) < config.guide_at
         final = None
         with StopSignals() as signals, Progress(config, self.step, self.clock.spent, enabled=main) as progress:
             while True:
@@ -336,6 +354,10 @@ class Trainer:
                 preview_due = config.preview_every and (self.step % config.preview_every == 0 or end)
                 if preview_due and main and not interrupted:
                     progress.note(f"preview {self.preview()}")
+                if guide_due and run_progress(self.step, self.clock.spent, config) >= (config.guide_at or 0):
+                    guide_due = False
+                    if main:
+                        progress.note(f"guide {self.save_guide()}")
                 if self.step % config.checkpoint_every == 0 or end:
                     final = self.save()
                     progress.note(f"checkpoint {final}")
