@@ -147,3 +147,30 @@ def test_a_run_keeps_its_guide_where_the_recipe_says_and_samples_with_it(tmp_pat
     result = catdiff("export", str(run), "--out", str(tmp_path / "exported"))
     assert result.returncode == 0, result.stderr
     assert Pipeline.from_folder(tmp_path / "exported").guide is not None
+
+
+def test_the_server_samples_autoguided_and_takes_a_guidance_per_request(
+    guided_pipeline: Path, pipeline_dir: Path
+) -> None:
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from catdiff.images import to_pil
+    from catdiff.serve import create_app
+
+    pipeline = Pipeline.from_folder(guided_pipeline)
+    client = TestClient(create_app(guided_pipeline, window_s=0.01))
+    assert client.get("/api/info").json()["guidance"] == 2.0
+    for request, guidance in (({}, 2.0), ({"guidance": 1}, 1.0), ({"guidance": 4.5}, 4.5)):
+        body = client.post("/api/generate", json={"seed": 7, **request}).json()
+        assert body["guidance"] == guidance
+        expected = to_pil(pipeline.sample(1, seed=7, condition=pipeline.autoguidance(guidance)))[0]
+        assert Image.open(io.BytesIO(base64.b64decode(body["image"]))).tobytes() == expected.tobytes()
+    assert client.post("/api/generate", json={"guidance": 21}).status_code == 422
+    unguided = TestClient(create_app(pipeline_dir, window_s=0.01))
+    assert unguided.get("/api/info").json()["guidance"] is None
+    refused = unguided.post("/api/generate", json={"guidance": 2})
+    assert refused.status_code == 422 and "no guide network" in refused.json()["detail"]

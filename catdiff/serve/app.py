@@ -32,7 +32,7 @@ from catdiff.rerank import DEFAULT_SCORER, Scorer, load_scorer
 from catdiff.serve.batcher import Job, MicroBatcher, QueueFull
 
 STATIC = Path(__file__).parent / "static"
-MAX_N, MAX_STEPS, MAX_SEED = 16, 200, 2**32 - 1
+MAX_N, MAX_STEPS, MAX_SEED, MAX_GUIDANCE = 16, 200, 2**32 - 1, 20.0
 SamplerName = Literal[tuple(sorted(SAMPLERS))]  # type: ignore[valid-type]
 
 
@@ -45,6 +45,9 @@ class GenerateRequest(BaseModel):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="sampler steps")
     sampler: SamplerName | None = Field(None, description="sampler name")
     n: int = Field(1, ge=1, le=MAX_N, description="candidates made at once; the best by score comes first")
+    guidance: float | None = Field(
+        None, ge=0, le=MAX_GUIDANCE, description="autoguidance scale, for a model with a guide network; 1: none"
+    )
 
 
 class Candidate(BaseModel):
@@ -56,6 +59,7 @@ class GenerateResponse(BaseModel):
     image: str = Field(description="the best candidate, PNG, base64")
     seed: int
     steps: int
+    guidance: float | None = Field(description="the autoguidance scale; null for a model without a guide")
     sampler: str
     scores: list[float] | None = Field(description="every candidate's score, best first")
     scorer: str | None
@@ -92,9 +96,12 @@ class Generator:
             for job in jobs:
                 job.steps_done = int(info["i"]) + 1
 
+        guidance = first["guidance"]
+        condition = None if guidance is None else self.pipeline.autoguidance(guidance)
         images = self.pipeline.sample_batch(
-            image_generators(seeds), steps=first["steps"], sampler=first["sampler"], callback=progress
-        ).cpu()
+            image_generators(seeds), steps=first["steps"], sampler=first["sampler"], condition=condition,
+            callback=progress,
+        ).cpu()  # fmt: skip
         responses, start = [], 0
         for job in jobs:
             mine = images[start : start + job.images]
@@ -112,6 +119,7 @@ class Generator:
             image=candidates[0].image,
             seed=job.params["seed"],
             steps=job.params["steps"],
+            guidance=job.params["guidance"],
             sampler=job.params["sampler"],
             scores=None if scores is None else [c.score for c in candidates],
             scorer=None if self.scorer is None else self.scorer.name,
@@ -149,14 +157,19 @@ def create_app(
     app.state.batcher = batcher
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    guided = pipeline.guide is not None
+
     def submit(request: GenerateRequest) -> Job:
+        if request.guidance is not None and not guided:
+            raise HTTPException(422, "this model has no guide network: it takes no guidance")
         params = {
             "seed": secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
             "steps": request.steps or pipeline.sampling["steps"],
             "sampler": request.sampler or pipeline.sampling["sampler"],
+            "guidance": (pipeline.guidance if request.guidance is None else request.guidance) if guided else None,
         }
         try:
-            return batcher.submit((params["steps"], params["sampler"]), request.n, params)
+            return batcher.submit((params["steps"], params["sampler"], params["guidance"]), request.n, params)
         except QueueFull as error:
             raise HTTPException(503, f"busy: {error}; retry shortly", headers={"Retry-After": "1"}) from None
 
@@ -185,7 +198,8 @@ def create_app(
             "defaults": pipeline.sampling,
             "samplers": sorted(SAMPLERS),
             "scorer": None if ranker is None else ranker.name,
-            "limits": {"n": MAX_N, "steps": MAX_STEPS, "seed": MAX_SEED},
+            "guidance": pipeline.guidance if guided else None,
+            "limits": {"n": MAX_N, "steps": MAX_STEPS, "seed": MAX_SEED, "guidance": MAX_GUIDANCE},
         }
 
     @app.post("/api/generate", response_model=GenerateResponse)

@@ -1,6 +1,7 @@
 """The evaluation at the end of ``catdiff train``: ``RUN/report.json``.
 
-The EMA model of the run's newest checkpoint samples N images with its default sampler; their
+The EMA model of the run's newest checkpoint samples N images as the run folder samples by
+default (its sampler, autoguided where the run has a guide, recorded in the report); their
 Fréchet distance in TAESD features to the training images (at most 2,000, evenly spaced; their
 features taken once per run) and, given held-out images, their memorisation
 (:func:`catdiff.metrics.memorisation`) are written with the machine, precision, steps and
@@ -84,7 +85,8 @@ def evaluate_run(
 
     train, held = references.train, references.heldout
     log.info("evaluating: %d samples against %d training and %d held-out images", samples, len(train), len(held))
-    images = Pipeline.from_folder(run_dir, device=device).sample(samples, progress=None).cpu()
+    pipeline = Pipeline.from_folder(run_dir, device=device)
+    images = pipeline.sample(samples, progress=None).cpu()
     copies = memorisation(images, train, held) if len(held) else None
     report = {
         "format": REPORT_FORMAT,
@@ -93,6 +95,7 @@ def evaluate_run(
         "memorised_fraction": None if copies is None else copies.fraction_closer,
         "nearest_median_ratio": None if copies is None else copies.median_ratio,
         "samples": samples,
+        "sampling": {**pipeline.sampling, "autoguided": pipeline.guide is not None},
         "train_images": len(train),
         "heldout_images": len(held),
         "cpu": cpu_name(),
@@ -107,7 +110,9 @@ def evaluate_run(
 
 def report_lines(report: dict[str, Any]) -> list[str]:
     """A few plain lines of a report, and a warning when samples copy training images."""
-    lines = [f"Fréchet distance (TAESD features, {report['samples']} samples): {report['frechet']:.4g}"]
+    sampling = report.get("sampling", {})
+    guided = f", autoguided at {sampling['guidance']:g}" if sampling.get("autoguided") else ""
+    lines = [f"Fréchet distance (TAESD features, {report['samples']} samples{guided}): {report['frechet']:.4g}"]
     fraction = report["memorised_fraction"]
     if fraction is None:
         return [*lines, "memorisation: not measured (no held-out images)"]

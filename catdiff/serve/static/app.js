@@ -12,12 +12,18 @@ async function loadInfo() {
   $("steps").value = info.defaults.steps;
   $("n").max = info.limits.n;
   $("steps").max = info.limits.steps;
+  if (info.guidance !== null) {  // a model with a guide network: autoguidance, 1 for none
+    $("guidance").value = info.guidance;
+    $("guidance").max = info.limits.guidance;
+    $("guidance-field").hidden = false;
+  }
 }
 
 function request() {
   const body = { n: Number($("n").value) || 1, sampler: $("sampler").value };
   if ($("steps").value) body.steps = Number($("steps").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if (!$("guidance-field").hidden && $("guidance").value !== "") body.guidance = Number($("guidance").value);
   return body;
 }
 
@@ -29,7 +35,8 @@ function showError(detail) {
 function showResult(result) {
   $("result").src = `data:image/png;base64,${result.image}`;
   const score = result.scores ? `, ${result.scorer} score ${result.scores[0].toFixed(3)}` : "";
-  $("caption").textContent = `seed ${result.seed}, ${result.sampler}, ${result.steps} steps${score}`;
+  const guidance = result.guidance === null ? "" : `, guidance ${result.guidance}`;
+  $("caption").textContent = `seed ${result.seed}, ${result.sampler}, ${result.steps} steps${guidance}${score}`;
   $("best").hidden = false;
   const list = $("candidates");
   list.replaceChildren();
