@@ -120,7 +120,9 @@ def test_generate_takes_guidance_for_a_model_with_a_guide(guided_pipeline: Path,
     assert one != three
 
 
-def test_generate_refuses_guidance_on_an_unconditional_model_without_a_guide(pipeline_dir: Path, tmp_path: Path) -> None:
+def test_generate_refuses_guidance_on_an_unconditional_model_without_a_guide(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
     result = catdiff("generate", "--model", str(pipeline_dir), "--guidance", "2", "--out", str(tmp_path / "x.png"))
     assert_one_line_error(result, "no guide network")
 
