@@ -30,7 +30,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 GUIDANCE_HELP = (
     "guidance scale, 1 for none: classifier-free for class-conditional models, autoguidance for models"
-    " with a guide network (default: the model's)"
+    " with a guide network"
 )
 
 
@@ -47,7 +47,7 @@ def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
         metavar="CLASS",
         help="class-conditional models: the class of every image, by name (a trained folder's subfolder) or number",
     )
-    p.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
+    p.add_argument("--guidance", type=float, help=f"{GUIDANCE_HELP} (default: the model's)")
     add_device_option(p, "sample on")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", type=Path, default=Path(grid), help=f"grid PNG to write (default {grid})")
@@ -217,14 +217,15 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "export",
         help="write a self-contained pipeline folder",
-        description="Write a pipeline folder (pipeline.json, unet/, autoencoder/) that holds everything needed to sample.",
+        description="Write a pipeline folder (pipeline.json, unet/, autoencoder/, and guide/ where the model has one)"
+        " that holds everything needed to sample.",
     )
     p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     p.add_argument("--fp16", action="store_true", help="store the denoiser's weights in float16 (half the size)")
     add_sampler_options(p, "stored as the pipeline's default")
-    p.add_argument("--guidance", type=float, help="the pipeline's default guidance scale (" + GUIDANCE_HELP + ")")
+    p.add_argument("--guidance", type=float, help=f"the pipeline's default {GUIDANCE_HELP}")
     p.add_argument(
         "--reference-images",
         type=Path,
