@@ -177,8 +177,8 @@ class Pipeline:
         """Load a pipeline folder, a model folder, a training checkpoint, or a run's newest checkpoint."""
         weights, config, home = read_model(Path(path))
         network, _ = load_network(weights, ema=ema)
-        guide = guide_folder(home)
-        guide = None if guide is None else load_network(guide, ema=ema)[0]
+        guide_dir = guide_folder(home)
+        guide = None if guide_dir is None else load_network(guide_dir, ema=ema)[0]
         pipeline = cls.from_config(config, network, recorded_autoencoder(config, home), guide)
         return pipeline.to(device)
 

@@ -160,8 +160,11 @@ def create_app(
     guided = pipeline.guide is not None
 
     def submit(request: GenerateRequest) -> Job:
-        if request.guidance is not None and not guided:
-            raise HTTPException(422, "this model has no guide network: it takes no guidance")
+        if request.guidance is not None:
+            try:
+                pipeline.autoguidance(request.guidance)  # the library's own refusal of a model without a guide
+            except UserError as error:
+                raise HTTPException(422, str(error)) from None
         params = {
             "seed": secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
             "steps": request.steps or pipeline.sampling["steps"],
