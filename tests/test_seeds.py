@@ -54,8 +54,8 @@ def test_the_start_noise_is_torch_randn_of_the_image_seed(pipeline) -> None:
 def test_the_server_s_pooled_batch_gives_the_cli_image_for_each_seed(
     pipeline, pipeline_dir: Path, tmp_path: Path
 ) -> None:
-    settings = {"steps": 4, "sampler": "ddpm"}
-    jobs = [Job((4, "ddpm"), 1, {"seed": 7, **settings}), Job((4, "ddpm"), 2, {"seed": 11, **settings})]
+    settings = {"steps": 4, "sampler": "ddpm", "guidance": None}  # as the server submits them
+    jobs = [Job((4, "ddpm", None), 1, {"seed": 7, **settings}), Job((4, "ddpm", None), 2, {"seed": 11, **settings})]
     responses = Generator(pipeline, None)(jobs)  # one pooled batch of three images, stochastic sampler
     flags = ["--steps", "4", "--sampler", "ddpm", "--out-dir", str(tmp_path)]
     for seed in (7, 11, 12):
