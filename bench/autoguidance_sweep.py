@@ -1,14 +1,17 @@
-"""Autoguidance settings of a trained run, by Fréchet distance and memorisation, as a Markdown table.
+"""Autoguidance settings of a model, by Fréchet distance and memorisation, as a Markdown table.
 
     python bench/autoguidance_sweep.py runs/x10 --guide runs/x10/checkpoints/step-0002000 \
         --settings 1 3 5:0:1 8:0:0.8 3:1:inf --seeds 0 1000
+    python bench/autoguidance_sweep.py cats --guide runs/guide/checkpoints/step-0002000 \
+        --train data/faces-split/train --heldout data/faces-split/heldout --n 500
 
 Each setting is ``W`` (guided at every step) or ``W:LOW:HIGH`` (guided where the noise level,
 VE sigma, lies in [LOW, HIGH]; Kynkäänniemi et al. 2024); ``1`` is no guidance. The run's
 newest checkpoint (EMA) is guided by ``--guide`` (any model of the same latent shape and
 prediction: an earlier checkpoint, another run), or by the run's own ``guide/`` without it.
 Samples are compared, as ``catdiff train``'s report does, with the run's references: up to
-2,000 training images and the held-out ones of its ``heldout.json``.
+2,000 training images and the held-out ones of its ``heldout.json``. Any other model (a bundled
+name, a pipeline folder) is compared, as ``catdiff eval`` does, with ``--train`` and ``--heldout``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import math
 import time
 from pathlib import Path
 
-from catdiff.metrics import memorisation
-from catdiff.pipeline import Pipeline, load_network, read_model
+from catdiff.metrics import FrechetToReference, TAESDFeatures, memorisation, read_images
+from catdiff.pipeline import Pipeline, load_network, pipeline_folder, read_model
 from catdiff.training.report import References, eval_samples
 
 
@@ -31,19 +34,26 @@ def setting(text: str) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="a run folder of catdiff train on an image folder")
+    parser.add_argument("model", help="a run folder of catdiff train on an image folder, or any model with --train")
     parser.add_argument("--guide", type=Path, help="the guide model (default: the run's guide/)")
     parser.add_argument("--settings", nargs="+", type=setting, default=[setting("1"), setting("8:0:0.8")])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1000])
     parser.add_argument("--n", type=int, help="samples per setting and seed (default: as the run's report)")
+    parser.add_argument("--train", type=Path, help="training images (instead of a run's own references)")
+    parser.add_argument("--heldout", type=Path, help="with --train: the held-out images")
     args = parser.parse_args()
 
-    held = json.loads((args.run / "heldout.json").read_text())
-    references = References.of(Path(held["folder"]), held["files"])
-    pipeline = Pipeline.from_folder(args.run)
+    if args.train is not None:
+        train = read_images(args.train, at_most=2000)
+        references = References(train, read_images(args.heldout), FrechetToReference(train, TAESDFeatures()))
+        n = args.n or 500
+    else:
+        held = json.loads((Path(args.model) / "heldout.json").read_text())
+        references = References.of(Path(held["folder"]), held["files"])
+        n = args.n or eval_samples(len(held["files"]))
+    pipeline = Pipeline.from_folder(pipeline_folder(args.model))
     if args.guide is not None:
         pipeline.guide = load_network(read_model(args.guide)[0], ema=True)[0]
-    n = args.n or eval_samples(len(held["files"]))
     print(f"| w | guided where (sigma) | seed | FD ({n} samples) | memorised | nearest-train ratio | s |")
     print("|---|---|---|---|---|---|---|")
     for w, low, high in args.settings:

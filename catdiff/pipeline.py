@@ -9,12 +9,11 @@ with seed ``S`` is the image of seed ``S + i`` (EDM's convention), whatever the 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,22 +38,13 @@ from catdiff.io.checkpoints import (
 from catdiff.io.json_files import read_json, write_json
 from catdiff.io.state_dicts import load_state_strict
 from catdiff.models import NULL_CLASS, build_model, model_config
+from catdiff.precision import Precision, autocast
 
-Precision = Literal["fp32", "bf16", "fp16"]
-#: The dtypes of each precision: of the autocast of network evaluations, or of stored weights.
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Scorer = Callable[[Tensor], Tensor]  # images -> one score each, higher is better (catdiff.rerank)
 
 
 def _read_pipeline_json(folder: Path) -> dict[str, Any]:
     return read_json(folder / PIPELINE_FILE, format=PIPELINE_FORMAT, what="pipeline folder")
-
-
-def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    """Mixed precision for the network's evaluations; the sampler's own arithmetic stays fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
 PIPELINE_FORMAT = "catdiff.pipeline/1"
@@ -292,7 +282,7 @@ class Pipeline:
         spacing: SigmaSpacing | None = None,
         sampler_options: Mapping[str, Any] | None = None,
         batch_size: int = 16,
-        precision: Precision = "fp32",
+        precision: Precision = "auto",
         progress: bool | None = False,
         callback: Callback | None = None,
     ) -> Tensor:
@@ -300,8 +290,10 @@ class Pipeline:
 
         ``condition`` covers the ``n`` images (e.g. :meth:`class_condition`); unconditional if
         None. ``sampler``, ``steps`` and ``spacing`` default to the pipeline's (:attr:`sampling`);
-        ``sampler_options`` go to the sampler (e.g. ``{"eta": 0.5}`` for DDIM). ``progress=None``
-        shows a bar only on a terminal.
+        ``sampler_options`` go to the sampler (e.g. ``{"eta": 0.5}`` for DDIM). ``precision``
+        is that of the network and decoder evaluations; ``"auto"`` is bf16 where the hardware
+        computes it natively (:func:`catdiff.precision.fast_bf16`). ``progress=None`` shows a bar
+        only on a terminal.
         """
         if n < 1:
             raise UserError(f"n must be at least 1, got {n}")
@@ -336,7 +328,7 @@ class Pipeline:
         steps: int | None = None,
         spacing: SigmaSpacing | None = None,
         sampler_options: Mapping[str, Any] | None = None,
-        precision: Precision = "fp32",
+        precision: Precision = "auto",
         callback: Callback | None = None,
         shape: Sequence[int] | None = None,
         init: Tensor | None = None,
@@ -370,12 +362,15 @@ class Pipeline:
                 callback=callback,
                 **options,
             )
-        return self.decode(x)
+        return self.decode(x, precision)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Samples -> images in [-1, 1] (float32), through the autoencoder of latent models."""
-        x = latents.float() if self.autoencoder is None else self.autoencoder.decode(latents.float())
-        return x.float().clamp(-1, 1)
+    def decode(self, latents: Tensor, precision: Precision = "auto") -> Tensor:
+        """Samples -> images in [-1, 1] (float32), through the autoencoder of latent models, whose
+        convolutions run in ``precision`` (the sampler's latents stay float32 up to there)."""
+        if self.autoencoder is None:
+            return latents.float().clamp(-1, 1)
+        with autocast(self.device, precision):
+            return self.autoencoder.decode(latents.float()).float().clamp(-1, 1)
 
     def best_of(self, candidates: int, keep: int, scorer: Scorer, **options: Any) -> tuple[Tensor, Tensor, Tensor]:
         """Best-of-N: ``candidates`` samples made in one batch and ranked by ``scorer``; returns

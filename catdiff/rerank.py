@@ -34,6 +34,7 @@ from catdiff.io.json_files import read_json
 from catdiff.io.taesd import load_taesd
 from catdiff.metrics import TAESDFeatures, batches, resize
 from catdiff.models.taesd import TAESD
+from catdiff.realism import REALISM_FILE, RealismScorer
 
 DEFAULT_PROMPT = "a photo of a cat"
 TYPICALITY_FILE = "typicality.safetensors"
@@ -307,7 +308,10 @@ STORED_SCORERS: dict[str, Callable[[Path], Scorer]] = {
     "typicality": TypicalityScorer.load,
     "neighbours": NeighbourScorer.load,
     "eigen": EigenScorer.load,
+    "realism": RealismScorer.load,
 }
+#: The files of a pipeline folder that hold scorer statistics or weights.
+STORED_FILES = (TYPICALITY_FILE, NEIGHBOURS_FILE, EIGEN_FILE, REALISM_FILE)
 SCORERS = (*STORED_SCORERS, "clip")
 DEFAULT_SCORER = "eigen"  # measured against a person's labels (docs/MODEL_CARD.md)
 

@@ -40,7 +40,12 @@ def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images; image i has seed + i")
     add_sampler_options(p)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: faster on AVX-512/AMX CPUs")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="of the denoiser and decoder; auto: bf16 where the CPU or GPU has bf16 instructions, else fp32",
+    )
     p.add_argument(
         "--class",
         dest="label",
@@ -220,42 +225,77 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         description="Write a pipeline folder (pipeline.json, unet/, autoencoder/, and guide/ where the model has one)"
         " that holds everything needed to sample.",
     )
-    p.add_argument("model", type=Path, help="run folder (newest checkpoint), checkpoint or model folder")
+    p.add_argument(
+        "model", help="run folder (newest checkpoint), checkpoint, model or pipeline folder, or a bundled model"
+    )
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     p.add_argument("--fp16", action="store_true", help="store the denoiser's weights in float16 (half the size)")
     add_sampler_options(p, "stored as the pipeline's default")
     p.add_argument("--guidance", type=float, help=f"the pipeline's default {GUIDANCE_HELP}")
+    p.add_argument("--guide", type=Path, help="autoguidance: the guide network (a less trained or smaller model)")
+    p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="autoguidance only at noise levels (VE sigma) in [LOW, HIGH]",
+    )
     p.add_argument(
         "--reference-images",
         type=Path,
         help="training images: store what the eigen, typicality and neighbours scorers need",
     )
+    p.add_argument(
+        "--realism-scorer",
+        type=positive_int,
+        metavar="N",
+        help="with --reference-images: train the realism scorer on N training images against N samples",
+    )
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
+    import shutil
+
     import torch
 
-    from catdiff.io.checkpoints import read_config, resolve_model_folder
     from catdiff.io.json_files import read_json, write_json
-    from catdiff.pipeline import PIPELINE_FILE, PIPELINE_FORMAT, Pipeline
-    from catdiff.rerank import fit_reference_scorers
+    from catdiff.pipeline import PIPELINE_FILE, PIPELINE_FORMAT, Pipeline, load_network, pipeline_folder, read_model
+    from catdiff.realism import fit_realism_scorer
+    from catdiff.rerank import STORED_FILES, fit_reference_scorers
 
-    folder = resolve_model_folder(args.model)
-    pipeline = Pipeline.from_folder(folder, ema=not args.no_ema)
+    if args.realism_scorer is not None and args.reference_images is None:
+        raise UserError("--realism-scorer needs --reference-images (the training images it learns from)")
+    source = pipeline_folder(args.model)
+    _, config, _ = read_model(source)
+    pipeline = Pipeline.from_folder(source, ema=not args.no_ema)
+    if args.guide is not None:
+        pipeline.guide = load_network(read_model(pipeline_folder(args.guide))[0], ema=not args.no_ema)[0]
+    if args.guidance_interval is not None:
+        pipeline.sampling["guidance_interval"] = list(args.guidance_interval)
     if args.guidance is not None and pipeline.num_classes is None:  # refused unless it has a guide
         pipeline.autoguidance(args.guidance)
     elif args.guidance is not None:
         pipeline.class_condition([0], args.guidance)  # refuses bad guidance
     chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "guidance": args.guidance}
     pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
-    config = read_config(folder)
     pipeline.save(args.out, config, dtype=torch.float16 if args.fp16 else torch.float32)
-    classes = config.get("data", {}).get("classes")
+    classes = config.get("classes") or config.get("data", {}).get("classes")
     if classes:  # the names of the labels, for `generate --class NAME`
         description = read_json(args.out / PIPELINE_FILE, format=PIPELINE_FORMAT, what="pipeline folder")
         write_json(args.out / PIPELINE_FILE, {**description, "classes": classes})
     if args.reference_images is not None:
         fit_reference_scorers(args.reference_images, args.out)
+    elif (source / PIPELINE_FILE).is_file() and source.resolve() != args.out.resolve():
+        for name in STORED_FILES:  # a pipeline's scorer statistics come along
+            if (source / name).is_file():
+                shutil.copyfile(source / name, args.out / name)
+    if args.realism_scorer is not None:
+        scorer, fit = fit_realism_scorer(pipeline, args.reference_images, samples=args.realism_scorer)
+        scorer.save(args.out)
+        print(
+            f"realism scorer: {fit.heldout_accuracy:.3f} accuracy on {fit.heldout} held-out images"
+            f" (trained on {fit.trained_on}; 0.5 is chance)"
+        )
     print(f"wrote pipeline {args.out}")

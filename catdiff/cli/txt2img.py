@@ -12,7 +12,7 @@ from catdiff.cli.options import add_device_option, bounded, check_writable
 from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.errors import UserError
-from catdiff.pipeline import PRECISIONS
+from catdiff.precision import PRECISIONS, resolve_precision
 from catdiff.sd.pipeline import StableDiffusion
 
 
@@ -43,7 +43,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         default=0.75,
         help="image-to-image: how much to change, (0, 1]",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weights' dtype (fp16 halves the memory)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="weights' dtype (bf16 and fp16 halve the memory); auto: bf16 where the CPU or GPU has bf16 instructions",
+    )
     add_device_option(p)
     p.set_defaults(run=run_txt2img)
 
@@ -72,7 +77,9 @@ def run_txt2img(args: argparse.Namespace) -> None:
     check_writable(args.out)
     if args.init_image is not None and not args.init_image.is_file():
         raise UserError(f"no such file: --init-image {args.init_image}")
-    sd = StableDiffusion.from_checkpoint(args.checkpoint, dtype=PRECISIONS[args.precision], device=args.device)
+    sd = StableDiffusion.from_checkpoint(
+        args.checkpoint, dtype=PRECISIONS[resolve_precision(args.precision)], device=args.device
+    )
     size = (args.height or sd.default_size, args.width or sd.default_size)
     img2img = args.init_image is not None
     init = _read_init_image(args.init_image, size if args.width or args.height else None) if img2img else None

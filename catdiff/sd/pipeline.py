@@ -29,6 +29,7 @@ from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing
 from catdiff.errors import UserError
 from catdiff.models.vae import AutoencoderKL
 from catdiff.pipeline import Pipeline, sdedit_steps
+from catdiff.precision import PRECISIONS, Precision
 from catdiff.sd.checkpoint import load_stable_diffusion
 from catdiff.sd.text_encoder import CLIPTextEncoder
 from catdiff.sd.tokenizer import CLIPTokenizer, open_clip_vocabulary
@@ -76,6 +77,12 @@ class StableDiffusion:
         return next(self.unet.parameters()).device
 
     @property
+    def precision(self) -> Precision:
+        """The weights' dtype, which the U-Net and VAE evaluate in (see :meth:`from_checkpoint`)."""
+        dtype = next(self.unet.parameters()).dtype
+        return next(name for name, value in PRECISIONS.items() if value == dtype)  # type: ignore[return-value]
+
+    @property
     def default_size(self) -> int:
         """The image side the U-Net was trained at (512 pixels for SD-1.x)."""
         return self.unet.config.sample_size * self.vae.downsampling_factor
@@ -119,6 +126,7 @@ class StableDiffusion:
             steps=steps,
             spacing=spacing,
             callback=callback,
+            precision=self.precision,
             shape=(self.vae.latent_channels, *self.latent_size(height, width)),
         )
 
@@ -154,6 +162,7 @@ class StableDiffusion:
             steps=steps,
             spacing=spacing,
             callback=callback,
+            precision=self.precision,
             init=latents,
             strength=strength,
         )

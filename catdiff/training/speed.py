@@ -21,17 +21,9 @@ import torch
 
 from catdiff.errors import UserError
 from catdiff.models import build_model
+from catdiff.precision import fast_bf16
 
 PROBE_STEPS = 3  # timed steps per candidate, after one untimed
-
-
-def fast_bf16() -> bool:
-    """Whether bf16 autocast can pay off here: a GPU with bf16, or a CPU with AVX-512 bf16 or
-    AMX instructions (elsewhere bf16 convolutions run 3-25x slower than fp32)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up with care
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def candidates(precision: str, channels_last: bool | str) -> list[dict[str, Any]]:
