@@ -56,14 +56,15 @@ def main() -> None:
     parser.add_argument("--spacing", help="default: the model's")
     parser.add_argument("--out", type=Path, help="grid: where to write the PNG")
     parser.add_argument("--labels", type=Path, help="auc: JSON list of the indices a person picked as good")
-    parser.add_argument("--scorers", nargs="+", default=["eigen", "typicality", "neighbours"], choices=SCORERS)
+    parser.add_argument("--scorers", nargs="+", default=["eigen", "realism", "typicality"], choices=SCORERS)
     parser.add_argument("--clip-model", type=Path)
+    parser.add_argument("--precision", default="fp32", help="fp32 (default) draws the same images on every CPU")
     parser.add_argument("--shared-generator", action="store_true", help="one generator for the batch (bench/labels/)")
     args = parser.parse_args()
 
     folder = pipeline_folder(args.model)
     pipeline = Pipeline.from_folder(folder)
-    options = {"steps": args.steps, "sampler": args.sampler, "spacing": args.spacing}
+    options = {"steps": args.steps, "sampler": args.sampler, "spacing": args.spacing, "precision": args.precision}
     if args.shared_generator:
         images = pipeline.sample_batch([torch.Generator().manual_seed(args.seed)] * args.n, **options)
     else:

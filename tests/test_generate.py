@@ -206,3 +206,18 @@ def test_generate_best_of_with_a_local_clip(pipeline_dir: Path, tmp_path: Path) 
     assert len(scores_printed(result.stdout)) == 1
     assert_one_line_error(catdiff(*args, "--scorer", "clip"), "--clip-model")
     assert_one_line_error(catdiff(*args, "--scorer", "clip", "--clip-model", str(tmp_path / "nope")), "not found")
+
+
+def test_generate_imports_only_what_it_needs(tmp_path: Path) -> None:
+    """Start-up: the generate path loads no web server, trainer, metrics or reference library."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from catdiff.cli import main;"
+        f" main(['generate', '--n', '1', '--steps', '1', '--out', {str(tmp_path / 'x.png')!r}]);"
+        " print(' '.join(sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = {name.split(".")[0] for name in result.stdout.split()}
+    assert loaded.isdisjoint({"fastapi", "uvicorn", "accelerate", "transformers", "diffusers", "torchmetrics"})

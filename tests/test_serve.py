@@ -212,6 +212,8 @@ def test_the_page_makes_a_new_cat_in_a_real_browser(server, tmp_path: Path) -> N
         page.wait_for_function("document.getElementById('result').src.startsWith('data:image/png')", timeout=60_000)
         first = page.get_attribute("#result", "src")
         assert page.locator("#candidates figure").count() == 3
+        assert page.get_attribute("#download", "href") == first  # the download is the image shown
+        assert re.search(r", \d+\.\d\d s$", page.text_content("#caption") or "")  # the time it took
         page.click("#generate")  # no seed: a new random one, so a new image
         page.wait_for_function(f"document.getElementById('result').src !== {first!r}", timeout=60_000)
         page.screenshot(path=str(tmp_path / "page.png"))

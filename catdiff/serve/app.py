@@ -13,6 +13,7 @@ import asyncio
 import base64
 import io
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +66,7 @@ class GenerateResponse(BaseModel):
     scorer: str | None
     candidates: list[Candidate] = Field(description="all candidates, best first")
     batched_with: int = Field(description="requests that shared this request's network evaluations")
+    seconds: float = Field(description="seconds this request's images took: its batch's sampling, then its scoring")
 
 
 class JobStatus(BaseModel):
@@ -98,6 +100,7 @@ class Generator:
 
         guidance = first["guidance"]
         condition = None if guidance is None else self.pipeline.autoguidance(guidance)
+        began = time.perf_counter()
         images = self.pipeline.sample_batch(
             image_generators(seeds), steps=first["steps"], sampler=first["sampler"], condition=condition,
             callback=progress,
@@ -106,10 +109,10 @@ class Generator:
         for job in jobs:
             mine = images[start : start + job.images]
             start += job.images
-            responses.append(self._response(job, mine, len(jobs)))
+            responses.append(self._response(job, mine, len(jobs), began))
         return responses
 
-    def _response(self, job: Job, images: torch.Tensor, batched_with: int) -> GenerateResponse:
+    def _response(self, job: Job, images: torch.Tensor, batched_with: int, began: float) -> GenerateResponse:
         scores = self.scorer(images) if self.scorer is not None else None
         order = scores.argsort(descending=True).tolist() if scores is not None else list(range(len(images)))
         candidates = [
@@ -125,6 +128,7 @@ class Generator:
             scorer=None if self.scorer is None else self.scorer.name,
             candidates=candidates,
             batched_with=batched_with,
+            seconds=time.perf_counter() - began,
         )
 
 

@@ -36,7 +36,10 @@ function showResult(result) {
   $("result").src = `data:image/png;base64,${result.image}`;
   const score = result.scores ? `, ${result.scorer} score ${result.scores[0].toFixed(3)}` : "";
   const guidance = result.guidance === null ? "" : `, guidance ${result.guidance}`;
-  $("caption").textContent = `seed ${result.seed}, ${result.sampler}, ${result.steps} steps${guidance}${score}`;
+  $("caption").textContent =
+    `seed ${result.seed}, ${result.sampler}, ${result.steps} steps${guidance}${score}, ${result.seconds.toFixed(2)} s`;
+  $("download").href = $("result").src;
+  $("download").download = `catdiff-seed-${result.seed}.png`;
   $("best").hidden = false;
   const list = $("candidates");
   list.replaceChildren();
