@@ -10,6 +10,32 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from catdiff.errors import UserError
+from catdiff.io.atomic import atomic_file
+
+#: The image types written by extension (Pillow's names).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}  # fmt: skip
+
+
+def image_format(path: Path) -> str:
+    """The Pillow format of an image file named ``path``; an unknown extension is a :class:`UserError`."""
+    found = IMAGE_FORMATS.get(Path(path).suffix.lower())
+    if found is None:
+        raise UserError(
+            f"{path}: unknown image type {Path(path).suffix or '(no extension)'}; name it .png, .jpg or .webp"
+        )
+    return found
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` atomically (:func:`~catdiff.io.atomic.atomic_file`): a failed write leaves
+    any file that was there as it was. The extension gives the format."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        image.save(tmp, format=image_format(path))
+    return path
+
 
 def to_uint8(images: Tensor) -> Tensor:
     """Float NCHW in [-1, 1] -> uint8 NHWC in [0, 255]."""
@@ -42,8 +68,7 @@ def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Imag
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write a grid PNG, creating the parent folder."""
+    """Write a grid image (atomically), creating the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, nrow).save(path)
-    return path
+    return save_image(make_grid(images, nrow), path)

@@ -13,22 +13,25 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge, Le, Len
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from typing_extensions import Required, TypedDict
 
 from catdiff.autoencoders import Autoencoder, load_autoencoder
 from catdiff.diffusion.conditioning import Autoguided, Condition, GuidedCondition, Unconditional
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.noise import image_generators, standard_normal
 from catdiff.diffusion.objective import Prediction
-from catdiff.diffusion.samplers import Callback, check_options, get_sampler
-from catdiff.diffusion.schedule import NoiseSchedule, SigmaSpacing, vp_to_ve
+from catdiff.diffusion.samplers import SAMPLERS, Callback, check_options, get_sampler
+from catdiff.diffusion.schedule import NoiseSchedule, ScheduleConfig, SigmaSpacing, vp_to_ve
 from catdiff.errors import UserError
 from catdiff.io.checkpoints import (
     CHECKPOINTS_DIR,
+    CONFIG_FILE,
     checkpoint_dirs,
     read_config,
     read_weights,
@@ -39,6 +42,7 @@ from catdiff.io.json_files import read_json, write_json
 from catdiff.io.state_dicts import load_state_strict
 from catdiff.models import NULL_CLASS, build_model, model_config
 from catdiff.precision import Precision, autocast
+from catdiff.validation import validate
 
 Scorer = Callable[[Tensor], Tensor]  # images -> one score each, higher is better (catdiff.rerank)
 
@@ -57,6 +61,10 @@ BUNDLED_PIPELINES = ("cats", "digits")
 # For a model whose export chose none: DPM-Solver++(2M) on the exponential grid, which beat every
 # other sampler and grid of docs/PERFORMANCE.md at 10-20 steps; 20 steps leave room for other models.
 DEFAULT_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "spacing": "exponential"}
+# Guidance scales beyond this only saturate images (SD's useful range ends near 15-20).
+MAX_GUIDANCE = 30.0
+# Best-of-N: candidates are made and scored this many at a time, so memory stays bounded.
+BEST_OF_CHUNK = 64
 
 
 def pipeline_folder(spec: str | Path) -> Path:
@@ -88,21 +96,74 @@ def pipeline_folder(spec: str | Path) -> Path:
 def load_network(folder: Path, *, ema: bool) -> tuple[nn.Module, dict[str, Any]]:
     """The denoiser of a model folder and that folder's config."""
     config = read_config(folder)
+    if "model" not in config:
+        raise UserError(f"{folder / 'config.json'} has no model config")
     try:
         network = build_model(config["model"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"bad model config in {folder}: {error}") from None
+    except UserError as error:
+        raise UserError(f"{folder}: {error}") from None
     load_state_strict(network, read_weights(folder, ema=ema), folder)
     return network.eval(), config
 
 
+Positive = Annotated[int, Ge(1)]
+NonNegative = Annotated[float, Ge(0)]
+
+
+class DiffusionSettings(TypedDict, total=False):
+    schedule: Required[ScheduleConfig]
+    prediction: Required[Prediction]
+    clip_x0: NonNegative | None
+    dynamic_percentile: Annotated[float, Ge(0), Le(100)] | None
+
+
+class SamplingSettings(TypedDict, total=False):
+    """A pipeline's default sampler, steps and grid, and its guidance (:meth:`Pipeline.autoguidance`)."""
+
+    sampler: str
+    steps: Positive
+    spacing: SigmaSpacing
+    guidance: NonNegative
+    guidance_interval: tuple[NonNegative, NonNegative]
+
+
+class SamplingDescription(TypedDict, total=False):
+    """What a pipeline, run or model folder says of how it samples, checked strictly on load."""
+
+    diffusion: Required[DiffusionSettings]
+    sample_shape: Required[Annotated[list[Positive], Len(1, 3)]]
+    sampling: SamplingSettings
+
+
+def check_description(config: dict[str, Any], file: Path) -> None:
+    """Refuse, in one line naming ``file`` and the key, a config that cannot be sampled."""
+    if "diffusion" not in config and "autoencoder_training" in config:
+        raise UserError(f"{file} describes an autoencoder, not a diffusion model to sample")
+    keys = SamplingDescription.__annotations__
+    validate(SamplingDescription, {key: value for key, value in config.items() if key in keys}, str(file))
+    sampler = config.get("sampling", {}).get("sampler", DEFAULT_SAMPLING["sampler"])
+    if sampler not in SAMPLERS:
+        raise UserError(f"{file}: sampling.sampler: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def network_folder(path: Path) -> Path:
+    """The model folder of the denoiser of a pipeline (``unet/``), run (its newest checkpoint),
+    checkpoint or model folder."""
+    return path / UNET_DIR if (path / PIPELINE_FILE).is_file() else resolve_model_folder(path)
+
+
 def read_model(path: Path) -> tuple[Path, dict[str, Any], Path]:
     """Where the denoiser of a pipeline, run, checkpoint or model folder lies, its config (with a
-    pipeline's sampling and diffusion settings) and the folder its autoencoder is looked up from."""
+    pipeline's sampling and diffusion settings, checked by :func:`check_description`) and the
+    folder its autoencoder is looked up from."""
     if (path / PIPELINE_FILE).is_file():
-        return path / UNET_DIR, {**read_config(path / UNET_DIR), **_read_pipeline_json(path)}, path
-    folder = resolve_model_folder(path)
-    return folder, read_config(folder), folder
+        folder, home, file = path / UNET_DIR, path, path / PIPELINE_FILE
+        config = {**read_config(folder), **_read_pipeline_json(path)}
+    else:
+        folder = home = resolve_model_folder(path)
+        file, config = folder / CONFIG_FILE, read_config(folder)
+    check_description(config, file)
+    return folder, config, home
 
 
 def guide_folder(home: Path) -> Path | None:
@@ -167,6 +228,11 @@ class Pipeline:
         """Load a pipeline folder, a model folder, a training checkpoint, or a run's newest checkpoint."""
         weights, config, home = read_model(Path(path))
         network, _ = load_network(weights, ema=ema)
+        channels = getattr(getattr(network, "config", None), "in_channels", config["sample_shape"][0])
+        if config["sample_shape"][0] != channels:
+            raise UserError(
+                f"{path}: sample_shape {config['sample_shape']} does not fit the network's {channels} input channels"
+            )
         guide_dir = guide_folder(home)
         guide = None if guide_dir is None else load_network(guide_dir, ema=ema)[0]
         pipeline = cls.from_config(config, network, recorded_autoencoder(config, home), guide)
@@ -378,16 +444,26 @@ class Pipeline:
         their seeds are ``seed + indices``), best first. ``options`` go to :meth:`sample`."""
         if not 1 <= keep <= candidates:
             raise UserError(f"keep must be between 1 and the {candidates} candidates, got {keep}")
-        images = self.sample(candidates, batch_size=candidates, **options).cpu()  # scorers work on the CPU
-        scores = scorer(images)
-        order = scores.argsort(descending=True)[:keep]
-        return images[order], scores[order], order
+        seed, condition = options.pop("seed", 0), options.pop("condition", None) or self.default_condition()
+        best = (torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long))
+        for start in range(0, candidates, BEST_OF_CHUNK):  # memory for one chunk and the best so far
+            stop = min(candidates, start + BEST_OF_CHUNK)
+            part = condition.take(slice(start, stop))
+            images = self.sample(stop - start, seed=seed + start, condition=part, **options).cpu()  # scored on the CPU
+            merged = (
+                torch.cat([best[0], images]),
+                torch.cat([best[1], scorer(images)]),
+                torch.cat([best[2], torch.arange(start, stop)]),
+            )
+            order = merged[1].argsort(descending=True, stable=True)[:keep]
+            best = (merged[0][order], merged[1][order], merged[2][order])
+        return best
 
 
 def check_guidance(guidance: float) -> float:
-    """A guidance scale, refused as a :class:`UserError` unless finite and at least 0."""
-    if not math.isfinite(guidance) or guidance < 0:
-        raise UserError(f"guidance must be a finite number of at least 0, got {guidance}")
+    """A guidance scale, refused as a :class:`UserError` unless from 0 to :data:`MAX_GUIDANCE`."""
+    if not 0 <= guidance <= MAX_GUIDANCE:  # NaN too
+        raise UserError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {guidance}")
     return guidance
 
 

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from catdiff.errors import UserError
+from catdiff.io.atomic import write_bytes
 from catdiff.io.state_dicts import load_state_strict
 from catdiff.metrics import batches, resize
 
@@ -124,7 +126,7 @@ class RealismScorer:
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         weights = {name: tensor.half().contiguous() for name, tensor in self.network.state_dict().items()}
-        save_file(weights, folder / REALISM_FILE, metadata={"width": str(self.network.width)})
+        write_bytes(folder / REALISM_FILE, safetensors_bytes(weights, metadata={"width": str(self.network.width)}))
         return folder / REALISM_FILE
 
     @classmethod

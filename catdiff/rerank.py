@@ -26,10 +26,12 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from catdiff.errors import UserError
+from catdiff.io.atomic import write_bytes
 from catdiff.io.json_files import read_json
 from catdiff.io.taesd import load_taesd
 from catdiff.metrics import TAESDFeatures, batches, resize
@@ -51,6 +53,11 @@ class Scorer(Protocol):
     name: str
 
     def __call__(self, images: Tensor) -> Tensor: ...
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (third-party loaders write paragraphs)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def clip_pixels(images: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
@@ -117,8 +124,8 @@ class CLIPScorer:
         try:
             model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
             tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise UserError(f"cannot load CLIP from {folder}: {error}") from None
+        except Exception as error:  # a third party's loader, refusing the folder's files in its own ways
+            raise UserError(f"cannot load CLIP from {folder}: {first_line(error)}") from None
         tokens = tokenizer([prompt], padding="max_length", truncation=True, return_tensors="pt")
         with torch.inference_mode():
             text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
@@ -145,9 +152,12 @@ class CLIPScorer:
         )
         if weights is None:
             raise UserError(f"no open_clip weights in {folder}")
-        model = open_clip.create_model(
-            config.get("model_name", "ViT-B-32"), pretrained=str(weights), load_weights_only=True
-        ).eval()
+        try:
+            model = open_clip.create_model(
+                config.get("model_name", "ViT-B-32"), pretrained=str(weights), load_weights_only=True
+            ).eval()
+        except Exception as error:  # as in _from_transformers
+            raise UserError(f"cannot load open_clip weights {weights}: {first_line(error)}") from None
         tokenizer = open_clip.get_tokenizer(config.get("model_name", "ViT-B-32"))
         with torch.inference_mode():
             text = model.encode_text(tokenizer([prompt]))
@@ -189,7 +199,7 @@ class _OpenCLIPImageEncoder(nn.Module):
 def save_statistics(folder: Path, file: str, statistics: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> Path:
     """Write a scorer's reference statistics into a pipeline folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.to(dtype).contiguous() for k, v in statistics.items()}, folder / file)
+    write_bytes(folder / file, safetensors_bytes({k: v.to(dtype).contiguous() for k, v in statistics.items()}))
     return folder / file
 
 

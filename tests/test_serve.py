@@ -100,9 +100,23 @@ def test_out_of_range_input_is_a_422_that_names_the_field(client: TestClient, bo
 
 
 def test_a_full_queue_answers_503_with_retry_after(pipeline_dir: Path) -> None:
-    client = TestClient(create_app(pipeline_dir, max_pending=2))
-    result = client.post("/api/generate", json={"n": 3, "steps": 2})
+    app = create_app(pipeline_dir, max_cost=50, max_request_cost=50)
+    batcher, release = app.state.batcher, threading.Event()
+    run_batch = batcher.run_batch
+    batcher.run_batch = lambda jobs: (release.wait(10), run_batch(jobs))[1]  # the worker busy until released
+    client = TestClient(app)
+    assert client.post("/api/jobs", json={"n": 3, "steps": 2}).status_code == 202  # costs 3 x (2 + 8)
+    result = client.post("/api/generate", json={"n": 3, "steps": 2})  # 30 + 30 > 50
+    release.set()
     assert result.status_code == 503 and result.headers["retry-after"] == "1"
+
+
+def test_a_request_over_the_cost_cap_is_a_422_that_says_why(pipeline_dir: Path) -> None:
+    client = TestClient(create_app(pipeline_dir, max_request_cost=100))
+    result = client.post("/api/generate", json={"n": 4, "steps": 20, "sampler": "heun"})
+    assert result.status_code == 422
+    assert "costs 192" in result.json()["detail"] and "at most 100" in result.json()["detail"]
+    assert client.get("/api/info").json()["limits"]["request_cost"] == 100
 
 
 def test_batcher_refuses_work_beyond_its_bound_and_pools_jobs_with_the_same_key() -> None:
@@ -114,12 +128,12 @@ def test_batcher_refuses_work_beyond_its_bound_and_pools_jobs_with_the_same_key(
         seen.append([job.params["i"] for job in jobs])
         return [job.params["i"] for job in jobs]
 
-    batcher = MicroBatcher(run, max_batch_images=8, max_pending=6, window_s=0.05)
-    first = batcher.submit("a", 2, {"i": 0})
+    batcher = MicroBatcher(run, max_batch_images=8, max_cost=6, window_s=0.05)
+    first = batcher.submit("a", 2, {"i": 0}, cost=2)
     time.sleep(0.1)  # the worker now holds job 0
-    later = [batcher.submit("a", 1, {"i": i}) for i in (1, 2)] + [batcher.submit("b", 1, {"i": 3})]
+    later = [batcher.submit("a", 1, {"i": i}, cost=1) for i in (1, 2)] + [batcher.submit("b", 1, {"i": 3}, cost=1)]
     with pytest.raises(QueueFull):
-        batcher.submit("a", 2, {"i": 4})  # 2 + 3 waiting + 2 > 6
+        batcher.submit("a", 2, {"i": 4}, cost=2)  # 2 running + 3 waiting + 2 > 6
     release.set()
     assert [job.future.result(5) for job in (first, *later)] == [0, 1, 2, 3]
     assert seen == [[0], [1, 2], [3]]
@@ -219,3 +233,60 @@ def test_the_page_makes_a_new_cat_in_a_real_browser(server, tmp_path: Path) -> N
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+# --- what a caller cannot do (docs/SERVING.md) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ['{"seed": NaN}', '{"seed": Infinity}', '{"seed": 1e400}', '{"guidance": NaN}'])
+def test_non_finite_numbers_are_a_422_with_a_json_body(client: TestClient, raw: str) -> None:
+    result = client.post("/api/generate", content=raw, headers={"content-type": "application/json"})
+    assert result.status_code == 422
+    assert result.json()["detail"][0]["loc"][-1] in ("seed", "guidance")
+
+
+@pytest.mark.parametrize("body", [{"seed": "7"}, {"n": True}, {"steps": 2.0}, {"guidance": "1"}])
+def test_no_lax_coercion(client: TestClient, body: dict) -> None:
+    assert client.post("/api/generate", json=body).status_code == 422
+
+
+def test_a_large_body_is_a_413_before_it_is_parsed(client: TestClient) -> None:
+    big = b"[" + b"1," * 500_000 + b"1]"  # 1 MB
+    began = time.perf_counter()
+    assert client.post("/api/generate", content=big, headers={"content-type": "application/json"}).status_code == 413
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no Content-Length: counted as it comes
+    assert client.post("/api/generate", content=chunks, headers={"content-type": "application/json"}).status_code == 413
+    assert time.perf_counter() - began < 2
+
+
+def test_job_ids_are_not_guessable(client: TestClient) -> None:
+    ids = [client.post("/api/jobs", json={"steps": 1}).json()["id"] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(len(i) >= 16 for i in ids)  # 96 random bits each
+    assert client.get("/api/jobs/1").status_code == 404
+
+
+def test_the_host_is_checked_when_bound_to_this_machine(pipeline_dir: Path) -> None:
+    app = create_app(pipeline_dir, host="127.0.0.1")
+    assert TestClient(app, base_url="http://localhost:8000").get("/api/info").status_code == 200
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/info").status_code == 200
+    assert TestClient(app, base_url="http://attacker.example:8000").get("/api/info").status_code == 400
+
+
+def test_no_server_path_in_responses(client: TestClient, pipeline_dir: Path) -> None:
+    text = client.get("/api/info").text
+    assert client.get("/api/info").json()["model"] == pipeline_dir.name
+    assert str(pipeline_dir.parent) not in text
+
+
+def test_retained_results_are_bounded_by_bytes_and_age() -> None:
+    batcher = MicroBatcher(lambda jobs: [j.params["i"] for j in jobs], window_s=0.0, result_size=lambda r: 100,
+                           max_retained_bytes=250, retain_s=0.5)  # fmt: skip
+    jobs = [batcher.submit("a", 1, {"i": i}) for i in range(5)]
+    for job in jobs:
+        job.future.result(5)
+    time.sleep(0.05)
+    batcher.submit("a", 1, {"i": 5}).future.result(5)
+    assert list(batcher.jobs) == [job.id for job in jobs[-2:]] + [list(batcher.jobs)[-1]]  # 300 > 250 bytes: oldest go
+    time.sleep(0.6)
+    batcher.submit("a", 1, {"i": 6})
+    assert len(batcher.jobs) == 1  # all finished ones were older than 0.5 s

@@ -436,7 +436,9 @@ def test_generate_and_serve_take_a_run_folder(run_folder: Path, model_folder: Pa
 def test_best_of_with_a_stored_scorer_on_a_run_folder_says_it_has_no_statistics(
     run_folder: Path, tmp_path: Path
 ) -> None:
-    result = catdiff("generate", "--model", str(run_folder), "--n", "1", "--best-of", "2", "--out", str(tmp_path / "x"))
+    result = catdiff(
+        "generate", "--model", str(run_folder), "--n", "1", "--best-of", "2", "--out", str(tmp_path / "x.png")
+    )
     assert_one_line_error(result, "no statistics for --scorer eigen", "--reference-images", "--scorer clip")
 
 

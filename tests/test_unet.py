@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from catdiff.errors import UserError
 from catdiff.models import SeedUNet, SeedUNetConfig, UNet, UNetConfig, build_model, model_config
 from catdiff.models.unet import ResBlock, SelfAttention2d
 
@@ -152,11 +153,15 @@ def test_config_round_trip_through_json(config: dict) -> None:
 
 
 def test_build_model_errors() -> None:
-    with pytest.raises(ValueError, match="'seed_unet', 'unet'"):
+    with pytest.raises(UserError, match="seed_unet, unet"):
         build_model({"type": "transformer"})
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(UserError, match="choose one of"):
         build_model({"base_channels": 8})
-    with pytest.raises(ValueError, match="chanel_mult"):
+    with pytest.raises(UserError, match="unknown key 'chanel_mult'"):
         build_model({"type": "unet", "chanel_mult": [1, 2]})
+    with pytest.raises(UserError, match=r"base_channels: expected a valid integer, got \"8\""):
+        build_model({"type": "unet", "base_channels": "8"})
+    with pytest.raises(UserError, match="attention_levels"):
+        build_model({"type": "unet", "attention_levels": [9]})
     assert isinstance(build_model({"type": "seed_unet"}), SeedUNet)
     assert build_model({"type": "seed_unet"}).config == SeedUNetConfig()

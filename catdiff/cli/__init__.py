@@ -6,6 +6,7 @@ User errors print one line and exit with code 2; nothing else prints a traceback
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import NoReturn, Sequence
@@ -42,7 +43,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("catdiff: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in STORAGE_ERRORS:
+            raise
+        print(f"catdiff: error: {storage_error(error)}", file=sys.stderr)
+        return 2
     return 0
+
+
+# What the disk or the file system refuses: the user's to fix, so one line, not a traceback.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(error: OSError) -> str:
+    """One line for a write the disk refused; every file catdiff replaces is replaced atomically,
+    so what was there before is intact."""
+    where = f" writing {error.filename}" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"no space left{where} ({error.strerror}); files written before are intact: free space and run again"
+    return f"cannot write{where} ({error.strerror})"
 
 
 if __name__ == "__main__":

@@ -37,19 +37,21 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
 def run_encode(args: argparse.Namespace) -> None:
     from catdiff.autoencoders import load_autoencoder
     from catdiff.data.sources import encode_data
+    from catdiff.io.run_lock import FolderLock
 
-    count = encode_data(
-        args.data,
-        args.out,
-        load_autoencoder(args.autoencoder),
-        source=str(args.autoencoder),
-        size=args.size,
-        flip=not args.no_flip,
-        device=args.device,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        progress=None,
-    )
+    with FolderLock(args.out, "latent cache"):
+        count = encode_data(
+            args.data,
+            args.out,
+            load_autoencoder(args.autoencoder),
+            source=str(args.autoencoder),
+            size=args.size,
+            flip=not args.no_flip,
+            device=args.device,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            progress=None,
+        )
     print(f"encoded {count} images into {args.out}")
 
 

@@ -48,6 +48,10 @@ def bounded(kind: type[int] | type[float], low: float, high: float, *, above_low
 
 
 probability = bounded(float, 0, 1)
+#: Seeds are those of ``torch.Generator.manual_seed``: whole numbers from 0 to 2**63 - 1.
+MAX_SEED = 2**63 - 1
+seed = bounded(int, 0, MAX_SEED)
+SEED_HELP = f"0 to {MAX_SEED}"
 
 
 _DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d*)?)h)?(?:(?P<m>\d+(?:\.\d*)?)m)?(?:(?P<s>\d+(?:\.\d*)?)s)?")
@@ -108,6 +112,17 @@ def add_sampler_options(p: argparse.ArgumentParser, default: str = "default: the
     p.add_argument("--steps", type=positive_int, help=f"sampler steps ({default})")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help=default)
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, help=f"noise levels of the steps ({default})")
+
+
+def check_image_output(path: Path) -> None:
+    """Fail before any work unless ``path`` names an image file that can be written: not a
+    folder, with an extension Pillow saves (``.png``, ``.jpg``, ``.webp``, ...)."""
+    from catdiff.images import image_format
+
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give an image file, e.g. {path / 'images.png'}")
+    image_format(path)
+    check_writable(path)
 
 
 def check_writable(path: Path) -> None:

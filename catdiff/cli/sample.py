@@ -9,11 +9,15 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from catdiff.cli.options import (
+    MAX_SEED,
+    SEED_HELP,
     add_device_option,
     add_sampler_options,
-    check_writable,
+    bounded,
+    check_image_output,
     make_writable_folder,
     positive_int,
+    seed,
 )
 from catdiff.errors import UserError
 from catdiff.rerank import DEFAULT_PROMPT, DEFAULT_SCORER, SCORERS
@@ -28,6 +32,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 # --- options shared by sample and generate --------------------------------------------------------
 
 
+MAX_BEST_OF = 4096
 GUIDANCE_HELP = (
     "guidance scale, 1 for none: classifier-free for class-conditional models, autoguidance for models"
     " with a guide network"
@@ -38,7 +43,9 @@ def add_sampling_options(p: argparse.ArgumentParser, grid: str) -> None:
     """``--n --seed --steps --sampler --spacing --precision --class --guidance --device``, and the
     output: a grid ``--out`` (default ``grid``) or one PNG per seed in ``--out-dir``."""
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images; image i has seed + i")
+    p.add_argument(
+        "--seed", type=seed, default=0, help=f"the same seed gives the same images; image i has seed + i ({SEED_HELP})"
+    )
     add_sampler_options(p)
     p.add_argument(
         "--precision",
@@ -109,6 +116,10 @@ def sampling_options(
     options = {key: getattr(args, key) or pipeline.sampling[key] for key in ("steps", "sampler", "spacing")}
     if options["steps"] > pipeline.schedule.T:
         raise UserError(f"--steps must be at most {pipeline.schedule.T} for this model, got {options['steps']}")
+    if args.seed + n - 1 > MAX_SEED:
+        raise UserError(f"--seed {args.seed} with {n} images passes the largest seed, {MAX_SEED}")
+    if args.seed + n - 1 > MAX_SEED:
+        raise UserError(f"--seed {args.seed} with {n} images passes the largest seed, {MAX_SEED}")
     options.update(seed=args.seed, precision=args.precision, progress=None)
     return options | condition_options(args, pipeline, n, classes)
 
@@ -116,20 +127,20 @@ def sampling_options(
 def prepare_output(args: argparse.Namespace) -> None:
     """Fail before sampling if the output cannot be written; create ``--out-dir``."""
     if args.out_dir is None:
-        check_writable(args.out)
+        check_image_output(args.out)
     else:
         make_writable_folder(args.out_dir)
 
 
 def write_output(args: argparse.Namespace, images: Tensor, seeds: Sequence[int], options: dict[str, Any]) -> None:
     """A grid at ``--out``, or ``--out-dir/<seed>.png`` per image; then say what was written."""
-    from catdiff.images import save_grid, to_pil
+    from catdiff.images import save_grid, save_image, to_pil
 
     if args.out_dir is None:
         save_grid(images, args.out)
     else:
-        for seed, image in zip(seeds, to_pil(images)):
-            image.save(args.out_dir / f"{seed:06d}.png")
+        for image_seed, image in zip(seeds, to_pil(images)):
+            save_image(image, args.out_dir / f"{image_seed:06d}.png")
     how = f"{options['sampler']}, {options['steps']} steps on the {options['spacing']} grid, seed {options['seed']}"
     print(f"wrote {len(images)} images ({how}) to {args.out_dir or args.out}")
 
@@ -179,7 +190,13 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_sampling_options(p, "cats.png")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays off for large --n)")
-    p.add_argument("--best-of", type=positive_int, help="make this many candidates in one batch and keep the best --n")
+    p.add_argument(
+        "--best-of",
+        type=bounded(int, 1, MAX_BEST_OF),
+        metavar="N",
+        help=f"make N candidates (at most {MAX_BEST_OF}, made and scored 64 at a time, so memory stays bounded)"
+        " and keep the best --n",
+    )
     p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER, help="how --best-of ranks the candidates")
     p.add_argument("--clip-model", type=Path, help="local CLIP folder (transformers or open_clip) for --scorer clip")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="what the CLIP scorer compares images with")
@@ -260,18 +277,30 @@ def run_export(args: argparse.Namespace) -> None:
 
     import torch
 
+    from catdiff.io.checkpoints import replace_folder
     from catdiff.io.json_files import read_json, write_json
-    from catdiff.pipeline import PIPELINE_FILE, PIPELINE_FORMAT, Pipeline, load_network, pipeline_folder, read_model
+    from catdiff.pipeline import (
+        PIPELINE_FILE,
+        PIPELINE_FORMAT,
+        Pipeline,
+        load_network,
+        network_folder,
+        pipeline_folder,
+        read_model,
+    )
     from catdiff.realism import fit_realism_scorer
     from catdiff.rerank import STORED_FILES, fit_reference_scorers
 
     if args.realism_scorer is not None and args.reference_images is None:
         raise UserError("--realism-scorer needs --reference-images (the training images it learns from)")
+    if args.out.exists() and not (args.out / PIPELINE_FILE).is_file() and any(args.out.iterdir()):
+        raise UserError(f"--out {args.out} holds other files; give a new folder or a pipeline folder to replace")
+    make_writable_folder(args.out.parent if str(args.out.parent) else Path("."))
     source = pipeline_folder(args.model)
     _, config, _ = read_model(source)
     pipeline = Pipeline.from_folder(source, ema=not args.no_ema)
     if args.guide is not None:
-        pipeline.guide = load_network(read_model(pipeline_folder(args.guide))[0], ema=not args.no_ema)[0]
+        pipeline.guide = load_network(network_folder(pipeline_folder(args.guide)), ema=not args.no_ema)[0]
     if args.guidance_interval is not None:
         pipeline.sampling["guidance_interval"] = list(args.guidance_interval)
     if args.guidance is not None and pipeline.num_classes is None:  # refused unless it has a guide
@@ -280,22 +309,26 @@ def run_export(args: argparse.Namespace) -> None:
         pipeline.class_condition([0], args.guidance)  # refuses bad guidance
     chosen = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "guidance": args.guidance}
     pipeline.sampling.update({key: value for key, value in chosen.items() if value is not None})
-    pipeline.save(args.out, config, dtype=torch.float16 if args.fp16 else torch.float32)
-    classes = config.get("classes") or config.get("data", {}).get("classes")
-    if classes:  # the names of the labels, for `generate --class NAME`
-        description = read_json(args.out / PIPELINE_FILE, format=PIPELINE_FORMAT, what="pipeline folder")
-        write_json(args.out / PIPELINE_FILE, {**description, "classes": classes})
-    if args.reference_images is not None:
-        fit_reference_scorers(args.reference_images, args.out)
-    elif (source / PIPELINE_FILE).is_file() and source.resolve() != args.out.resolve():
-        for name in STORED_FILES:  # a pipeline's scorer statistics come along
-            if (source / name).is_file():
-                shutil.copyfile(source / name, args.out / name)
-    if args.realism_scorer is not None:
-        scorer, fit = fit_realism_scorer(pipeline, args.reference_images, samples=args.realism_scorer)
-        scorer.save(args.out)
-        print(
-            f"realism scorer: {fit.heldout_accuracy:.3f} accuracy on {fit.heldout} held-out images"
-            f" (trained on {fit.trained_on}; 0.5 is chance)"
-        )
+
+    def fill(out: Path) -> None:  # a new folder, which replaces --out once whole
+        pipeline.save(out, config, dtype=torch.float16 if args.fp16 else torch.float32)
+        classes = config.get("classes") or config.get("data", {}).get("classes")
+        if classes:  # the names of the labels, for `generate --class NAME`
+            description = read_json(out / PIPELINE_FILE, format=PIPELINE_FORMAT, what="pipeline folder")
+            write_json(out / PIPELINE_FILE, {**description, "classes": classes})
+        if args.reference_images is not None:
+            fit_reference_scorers(args.reference_images, out)
+        elif (source / PIPELINE_FILE).is_file():
+            for name in STORED_FILES:  # a pipeline's scorer statistics come along
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, out / name)
+        if args.realism_scorer is not None:
+            scorer, fit = fit_realism_scorer(pipeline, args.reference_images, samples=args.realism_scorer)
+            scorer.save(out)
+            print(
+                f"realism scorer: {fit.heldout_accuracy:.3f} accuracy on {fit.heldout} held-out images"
+                f" (trained on {fit.trained_on}; 0.5 is chance)"
+            )
+
+    replace_folder(args.out, fill)
     print(f"wrote pipeline {args.out}")

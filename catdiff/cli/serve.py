@@ -23,7 +23,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=positive_int, default=32, help="images per shared batch, at most")
-    p.add_argument("--max-queue", type=positive_int, default=64, help="images waiting, at most (then 503)")
+    p.add_argument(
+        "--max-cost",
+        type=positive_int,
+        help="work queued and running, at most, in images x network evaluations, then 503 (default 1024: about"
+        " 4 s of work on 2 CPU cores)",
+    )
+    p.add_argument("--max-request-cost", type=positive_int, help="what one request may cost, at most (default 512)")
     p.add_argument(
         "--scorer", choices=(*STORED_SCORERS, "none"), default=DEFAULT_SCORER, help="how candidates are ranked"
     )
@@ -40,8 +46,14 @@ def run_serve(args: argparse.Namespace) -> None:
     scorer = None if args.scorer == "none" else args.scorer
     if scorer is not None and not (pipeline_folder(args.model) / PIPELINE_FILE).is_file():
         print(f"{args.model} is not a pipeline folder: no scorer statistics, candidates are not ranked", flush=True)
+    limits = {"max_cost": args.max_cost, "max_request_cost": args.max_request_cost}
     app = create_app(
-        args.model, device=args.device, scorer=scorer, max_batch_images=args.max_batch, max_pending=args.max_queue
+        args.model,
+        device=args.device,
+        scorer=scorer,
+        max_batch_images=args.max_batch,
+        host=args.host,
+        **{name: value for name, value in limits.items() if value is not None},
     )
     print(f"serving {args.model} on http://{args.host}:{args.port}/ ({args.device})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from catdiff.cli.options import DATA_HELP, int_list, name_list, parse_duration, positive_int, probability
 from catdiff.errors import UserError
-from catdiff.io.json_files import read_json
 
 if TYPE_CHECKING:
     from catdiff.training.init import InitModel
@@ -223,7 +222,7 @@ def train_options(args: argparse.Namespace, default_recipe: str | None = None) -
     from catdiff.recipes import load_recipe
 
     if args.config is not None:
-        options: dict[str, Any] = read_json(args.config, what="recipe")
+        options: dict[str, Any] = load_recipe(args.config)
     elif args.recipe is not None or default_recipe is not None:
         options = load_recipe(args.recipe or default_recipe)
     else:
@@ -398,6 +397,18 @@ def prepare_model(options: dict[str, Any], source: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    """``catdiff train``: the run folder is held by this process (the main one of several) throughout."""
+    import contextlib
+    import os
+
+    from catdiff.io.run_lock import FolderLock
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    with FolderLock(args.out) if main else contextlib.nullcontext():
+        train_run(args)
+
+
+def train_run(args: argparse.Namespace) -> None:
     import torch
 
     from catdiff.autoencoders import load_autoencoder
@@ -411,10 +422,12 @@ def run_train(args: argparse.Namespace) -> None:
         latent_training_data,
         open_training_data,
     )
+    from catdiff.training.config import Recipe
     from catdiff.training.init import check_latents, init_size
     from catdiff.training.progress import duration
     from catdiff.training.trackers import check_trackers
     from catdiff.training.trainer import TrainConfig, Trainer
+    from catdiff.validation import validate
 
     run_dir: Path = args.out
     check_trackers(args.log_with)
@@ -436,6 +449,7 @@ def run_train(args: argparse.Namespace) -> None:
         options["keep_checkpoints"] = min(options.get("keep_checkpoints", DEFAULT_KEEP), DEFAULT_KEEP)
     continue_run(args, options, run_dir)
     init = start_from(args, options)
+    validate(Recipe, options, "training options")  # before any encoding; TrainConfig checks the final ones
     size = options.pop("size", None)
     pixels = options.pop("pixels", False) or args.pixels  # a pixel-space recipe says so
     latents = args.default_recipes and kind == "images" and not pixels

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from torch import Tensor
 
-from catdiff.cli.options import add_device_option, bounded, check_writable
+from catdiff.cli.options import SEED_HELP, add_device_option, bounded, check_image_output, seed
 from catdiff.diffusion.samplers import SAMPLERS
 from catdiff.diffusion.schedule import SIGMA_SPACINGS
 from catdiff.errors import UserError
+from catdiff.pipeline import MAX_GUIDANCE
 from catdiff.precision import PRECISIONS, resolve_precision
 from catdiff.sd.pipeline import StableDiffusion
 
@@ -29,11 +30,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="what to draw")
     p.add_argument("--out", type=Path, default=Path("txt2img.png"), help="PNG to write")
     p.add_argument("--negative", default="", help="negative prompt: what to steer away from")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (1: none)")
+    p.add_argument(
+        "--guidance", type=bounded(float, 0, MAX_GUIDANCE), default=7.5, help="classifier-free guidance scale (1: none)"
+    )
     p.add_argument("--steps", type=bounded(int, 1, 1000), default=30, help="sampler steps")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp_2m")
     p.add_argument("--spacing", choices=SIGMA_SPACINGS, default="trailing", help="the sigma grid")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same image")
+    p.add_argument("--seed", type=seed, default=0, help=f"the same seed gives the same image ({SEED_HELP})")
     p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's, 512)")
     p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's, 512)")
     p.add_argument("--init-image", type=Path, help="image-to-image: start from this picture")
@@ -72,9 +75,9 @@ def _read_init_image(path: Path, size: tuple[int, int] | None) -> Tensor:
 def run_txt2img(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from catdiff.images import to_pil
+    from catdiff.images import save_image, to_pil
 
-    check_writable(args.out)
+    check_image_output(args.out)
     if args.init_image is not None and not args.init_image.is_file():
         raise UserError(f"no such file: --init-image {args.init_image}")
     sd = StableDiffusion.from_checkpoint(
@@ -92,6 +95,5 @@ def run_txt2img(args: argparse.Namespace) -> None:
             image = sd.image_to_image(init, args.prompt, strength=args.strength, **options)
         else:
             image = sd.text_to_image(args.prompt, size=size, **options)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(image)[0].save(args.out)
+    save_image(to_pil(image)[0], args.out)
     print(f"wrote {args.out} ({args.sampler}, {args.steps} steps, guidance {args.guidance}, seed {args.seed})")

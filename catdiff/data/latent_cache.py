@@ -5,13 +5,14 @@ A cache folder holds ``cache.json`` (what was encoded, with which autoencoder, a
 horizontally mirrored images, and ``labels``: the class of each image of labelled data) and,
 once complete, ``stats.json`` (per-channel mean and std). Each file is written to a temporary
 file and renamed, so a killed run resumes by encoding only the shards that are missing, and its
-result equals an uninterrupted run.
+result equals an uninterrupted run. The manifest records each shard's SHA-256 once it is
+written: a shard that is missing, unrecorded or damaged is encoded again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from catdiff.errors import UserError
+from catdiff.io.atomic import write_bytes
 from catdiff.io.json_files import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,16 @@ class ImageDataset(Protocol):
 
 def shard_path(root: Path, index: int) -> Path:
     return root / f"shard-{index:05d}.safetensors"
+
+
+def shard_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sound_shard(root: Path, manifest: dict[str, Any], index: int) -> bool:
+    """Whether shard ``index`` is there and is the file the manifest recorded."""
+    path, recorded = shard_path(root, index), manifest.get("shards", {}).get(str(index))
+    return path.is_file() and recorded is not None and shard_digest(path) == recorded
 
 
 def is_latent_cache(path: Path) -> bool:
@@ -112,9 +125,14 @@ def encode_folder(
             k: v for k, v in manifest.items() if k != "autoencoder_source"
         }:
             raise UserError(f"latent cache {out} was made from other files or options; choose another --out")
+        manifest["shards"] = existing.get("shards", {})
     else:
+        manifest["shards"] = {}
         write_json(out / MANIFEST_FILE, manifest)
-    todo = [i for i in range(manifest["num_shards"]) if not shard_path(out, i).is_file()]
+    todo = [i for i in range(manifest["num_shards"]) if not sound_shard(out, manifest, i)]
+    damaged = [i for i in todo if shard_path(out, i).is_file()]
+    if damaged:
+        log.info("%s: shards %s are damaged or unrecorded; encoding them again", out, ", ".join(map(str, damaged)))
     if len(todo) < manifest["num_shards"]:
         log.info("%s: %d of %d shards already encoded", out, manifest["num_shards"] - len(todo), manifest["num_shards"])
     with tqdm(
@@ -135,9 +153,10 @@ def encode_folder(
             shard = {name: torch.cat(parts) for name, parts in tensors.items() if parts}
             if labels is not None:
                 shard["labels"] = labels[indices.start : indices.stop]
-            tmp = shard_path(out, index).with_suffix(f".tmp-{os.getpid()}")
-            save_file(shard, tmp)
-            os.replace(tmp, shard_path(out, index))
+            data = safetensors_bytes(shard)
+            write_bytes(shard_path(out, index), data)
+            manifest["shards"][str(index)] = hashlib.sha256(data).hexdigest()
+            write_json(out / MANIFEST_FILE, manifest)
             done += len(indices)
             if bar.disable:  # no bar (stderr is no terminal): a plain line per shard
                 rate = done / (time.perf_counter() - began)
@@ -170,6 +189,12 @@ class LatentCache:
         missing = [i for i in range(manifest["num_shards"]) if not shard_path(root, i).is_file()]
         if missing or (require_stats and not (root / STATS_FILE).is_file()):
             raise UserError(f"latent cache {root} is incomplete; run `catdiff encode` again to finish it")
+        damaged = [i for i in range(manifest["num_shards"]) if not sound_shard(root, manifest, i)]
+        if damaged:
+            raise UserError(
+                f"latent cache {root}: shard {damaged[0]} is damaged (its checksum differs from cache.json's);"
+                " run `catdiff encode` (or `catdiff train` on the image folder) again to encode it again"
+            )
         shards = [load_file(shard_path(root, i)) for i in range(manifest["num_shards"])]
         latents = torch.cat([s["latents"] for s in shards])
         flipped = torch.cat([s["flipped"] for s in shards]) if manifest["flip"] else None

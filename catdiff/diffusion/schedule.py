@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from typing_extensions import TypedDict
 
 BetaKind = Literal["linear", "scaled_linear", "cosine"]
 Spacing = Literal["leading", "trailing", "linspace"]
@@ -26,6 +27,15 @@ SigmaSpacing = Literal["leading", "trailing", "linspace", "uniform", "karras", "
 BETA_KINDS: tuple[str, ...] = ("linear", "scaled_linear", "cosine")
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 SIGMA_SPACINGS: tuple[str, ...] = (*SPACINGS, "uniform", "karras", "exponential")
+
+
+class ScheduleConfig(TypedDict, total=False):
+    """A schedule as files hold it (:meth:`NoiseSchedule.to_config`)."""
+
+    kind: BetaKind
+    T: int
+    beta_start: float
+    beta_end: float
 
 
 def alpha_bar(sigma: float | Tensor) -> float | Tensor:
@@ -107,11 +117,11 @@ class NoiseSchedule:
         object.__setattr__(self, "alphas_cumprod", alphas_cumprod)
         object.__setattr__(self, "log_sigmas", 0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod))
 
-    def to_config(self) -> dict:
+    def to_config(self) -> ScheduleConfig:
         return {"kind": self.kind, "T": self.T, "beta_start": self.beta_start, "beta_end": self.beta_end}
 
     @classmethod
-    def from_config(cls, config: dict) -> NoiseSchedule:
+    def from_config(cls, config: ScheduleConfig) -> NoiseSchedule:
         return cls(**config)
 
     # --- noise levels -------------------------------------------------------------------

@@ -9,6 +9,7 @@ half a checkpoint behind. Nothing here runs code on load: safetensors, or ``torc
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Callable
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from catdiff.errors import UserError
+from catdiff.io.atomic import fsync_folder, write_bytes
 from catdiff.io.json_files import read_json, write_json
 
 FORMAT = "catdiff.model/1"
@@ -43,9 +46,9 @@ def write_model_folder(
     """Write ``config.json`` and the weights into ``path`` (created if needed)."""
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / CONFIG_FILE, {"format": FORMAT, **config})
-    save_file(_contiguous(model_state), path / MODEL_FILE)
+    write_bytes(path / MODEL_FILE, safetensors_bytes(_contiguous(model_state)))
     if ema_state is not None:
-        save_file(_contiguous(ema_state), path / EMA_FILE)
+        write_bytes(path / EMA_FILE, safetensors_bytes(_contiguous(ema_state)))
     return path
 
 
@@ -103,11 +106,13 @@ def save_checkpoint(
 
     def fill(folder: Path) -> None:
         write_model_folder(folder, config, model_state, ema_state)
-        torch.save(training_state, folder / TRAINING_STATE_FILE)
+        buffer = io.BytesIO()
+        torch.save(training_state, buffer)
+        write_bytes(folder / TRAINING_STATE_FILE, buffer.getvalue())
 
     root = run_dir / CHECKPOINTS_DIR
-    for stale in root.glob(f".{CHECKPOINT_PREFIX}*.tmp-*"):  # of any step, left by a run killed while saving
-        shutil.rmtree(stale)
+    if root.is_dir():  # of any step, left by a run killed while saving
+        remove_stale(root, f".{CHECKPOINT_PREFIX}*.tmp-*")
     final = replace_folder(root / f"{CHECKPOINT_PREFIX}{step:07d}", fill)
     for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
@@ -116,16 +121,53 @@ def save_checkpoint(
 
 def replace_folder(final: Path, fill: Callable[[Path], None]) -> Path:
     """Write folder ``final`` whole or not at all: ``fill`` writes a temporary folder beside it,
-    which then replaces it by a rename (temporaries left by a killed run are removed first)."""
+    which then takes its place by renames; a ``fill`` that fails (a full disk) leaves ``final``
+    as it was and no temporary behind. Temporaries left by a killed process are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    fill(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    remove_stale(final.parent, f".{final.name}.tmp-*")
+    remove_stale(final.parent, f".{final.name}.old-*")
+    tmp, old = (final.parent / f".{final.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
+    try:
+        fill(tmp)
+        fsync_folder(tmp)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    fsync_folder(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale(folder: Path, pattern: str) -> list[Path]:
+    """Remove what matches ``pattern`` in ``folder`` and was left by a process no longer running
+    (the names end in ``-PID``); returns what was removed."""
+    removed = []
+    for path in folder.glob(pattern):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_training_state(path: Path) -> dict[str, Any]:

@@ -7,12 +7,12 @@ tools (diffusers' ``config.json``, ``model_index.json``) are read with no format
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from catdiff.errors import UserError
+from catdiff.io.atomic import atomic_file
 
 __all__ = ["read_json", "write_json"]
 
@@ -32,9 +32,8 @@ def read_json(file: Path, *, format: str | None = None, what: str = "JSON file")
 
 
 def write_json(file: Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as indented JSON, atomically: a temporary file in the same folder, then ``os.replace``."""
+    """Write ``data`` as indented JSON, atomically (:func:`~catdiff.io.atomic.atomic_file`)."""
     file = Path(file)
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, file)
+    with atomic_file(file) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return file

@@ -11,10 +11,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from catdiff.errors import UserError
+from catdiff.io.atomic import write_bytes
 from catdiff.io.state_dicts import load_state_strict, read_state_file
 from catdiff.models.taesd import TAESD
 
@@ -61,6 +62,6 @@ def save_taesd(model: TAESD, folder: Path) -> Path:
         state = {k: v.detach().cpu().float().contiguous() for k, v in module.state_dict().items()}
         bf16 = {k: v.to(torch.bfloat16) for k, v in state.items()}
         lossless = all(torch.equal(bf16[k].float(), v) for k, v in state.items())
-        save_file(bf16 if lossless else state, folder / name)
+        write_bytes(folder / name, safetensors_bytes(bf16 if lossless else state))
     shutil.copyfile(BUNDLED_WEIGHTS / LICENSE_FILE, folder / LICENSE_FILE)
     return folder

@@ -12,10 +12,12 @@ from typing import Any
 
 from torch import nn
 
+from catdiff.errors import UserError
 from catdiff.models.unet import UNet, UNetConfig
 from catdiff.models.unet_class import NULL_CLASS, ClassUNet, ClassUNetConfig
 from catdiff.models.unet_seed import SeedUNet, SeedUNetConfig
 from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
+from catdiff.validation import validate
 
 __all__ = [
     "AutoencoderKL",
@@ -29,6 +31,7 @@ __all__ = [
     "UNetConfig",
     "build_model",
     "model_config",
+    "model_settings",
 ]
 
 _MODELS: dict[str, tuple[type[nn.Module], type]] = {
@@ -39,19 +42,26 @@ _MODELS: dict[str, tuple[type[nn.Module], type]] = {
 }
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """Build a model from ``{"type": name, **config fields}``; JSON lists become tuples."""
+def model_settings(config: dict[str, Any]) -> tuple[type[nn.Module], Any]:
+    """The model class of ``{"type": name, **config fields}`` and its config dataclass, checked
+    strictly (:mod:`catdiff.validation`): a wrong name, key, type or value is a :class:`UserError`."""
+    if not isinstance(config, dict):
+        raise UserError(f'a model config is a JSON object with a "type", got {config!r}')
     fields = dict(config)
     kind = fields.pop("type", None)
     if kind not in _MODELS:
-        raise ValueError(f"unknown model type {kind!r}; choose one of {sorted(_MODELS)}")
+        raise UserError(f"unknown model type {kind!r}; choose one of {', '.join(sorted(_MODELS))}")
     model_cls, config_cls = _MODELS[kind]
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown {kind} config fields {unknown}; known: {sorted(known)}")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    return model_cls(config_cls(**fields))
+    return model_cls, validate(config_cls, fields, f"{kind} model config")
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Build a model from ``{"type": name, **config fields}`` (:func:`model_settings`)."""
+    model_cls, settings = model_settings(config)
+    try:
+        return model_cls(settings)
+    except (ValueError, RuntimeError) as error:  # sizes the layers cannot take (torch's own checks)
+        raise UserError(f"{config['type']} model config: {error}") from None
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

@@ -57,9 +57,16 @@ def recipe_path(name: str) -> Path:
     return RECIPES_DIR / f"{name}.json"
 
 
-def load_recipe(name: str) -> dict[str, Any]:
-    """The options of the shipped recipe ``name`` (a fresh dict each call)."""
-    return read_json(recipe_path(name), what="recipe")
+def load_recipe(name: str | Path) -> dict[str, Any]:
+    """The options of the shipped recipe ``name``, or of a recipe file (a fresh dict each call),
+    checked strictly as a :class:`~catdiff.training.config.Recipe`."""
+    from catdiff.training.config import Recipe
+    from catdiff.validation import validate
+
+    file = name if isinstance(name, Path) else recipe_path(name)
+    options = read_json(file, what="recipe")
+    validate(Recipe, options, f"recipe {file}")
+    return options
 
 
 def budget_recipe(seconds: float | None) -> str:

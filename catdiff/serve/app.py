@@ -5,6 +5,14 @@ the same sampler and step count share network evaluations. Candidate ``j`` of a 
 seed ``s`` is the image of seed ``s + j``: its start noise and every per-step draw come from its
 own generator, so a request gives the same images alone, pooled with others, or from
 ``catdiff generate --seed s``, with every sampler.
+
+What a caller cannot do (docs/SERVING.md): make the server parse a large body (413), pass a
+string or boolean for a number (strict request models; every 422 body is valid JSON), read
+another caller's job (ids of 96 random bits), reach a server bound to this machine through
+another host name (DNS rebinding), learn its paths, or hold the queue with costly requests:
+each request costs its images times their network evaluations, one request may cost
+``max_request_cost`` at most and all the queued work ``max_cost``, so a cheap request waits
+behind a bounded amount of work.
 """
 
 from __future__ import annotations
@@ -18,37 +26,59 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from fastapi import HTTPException
-from fastapi.responses import FileResponse
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catdiff.diffusion.noise import image_generators
-from catdiff.diffusion.samplers import SAMPLERS
+from catdiff.diffusion.samplers import EVALUATIONS_PER_STEP, SAMPLERS
 from catdiff.errors import UserError
 from catdiff.images import to_pil
-from catdiff.pipeline import Pipeline, pipeline_folder
+from catdiff.pipeline import BUNDLED_PIPELINES, MAX_GUIDANCE, Pipeline, pipeline_folder
 from catdiff.rerank import DEFAULT_SCORER, Scorer, load_scorer
 from catdiff.serve.batcher import Job, MicroBatcher, QueueFull
 
 STATIC = Path(__file__).parent / "static"
-MAX_N, MAX_STEPS, MAX_SEED, MAX_GUIDANCE = 16, 200, 2**32 - 1, 20.0
+MAX_N, MAX_STEPS, MAX_SEED = 16, 200, 2**32 - 1
+MAX_BODY_BYTES = 16 * 1024  # a request is a few short fields
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Costs are images x network evaluations. Decoding an image with TAESD takes about as long as
+# 8 evaluations of the bundled denoiser for it (bench/serve_load.py). On 2 CPU cores the server
+# makes about 250 such units a second, so the queue bound of 1,024 is about 4 s of work.
+DECODE_COST = 8
+MAX_COST = 1024
+MAX_REQUEST_COST = 512
 SamplerName = Literal[tuple(sorted(SAMPLERS))]  # type: ignore[valid-type]
 
 
 class GenerateRequest(BaseModel):
-    """What to make. Leave a field out for the model's default (or, for the seed, a random one)."""
+    """What to make. Leave a field out for the model's default (or, for the seed, a random one).
+    Strict: numbers must be JSON numbers (whole ones where a whole one is asked for)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the same seed gives the same image")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="sampler steps")
     sampler: SamplerName | None = Field(None, description="sampler name")
     n: int = Field(1, ge=1, le=MAX_N, description="candidates made at once; the best by score comes first")
     guidance: float | None = Field(
-        None, ge=0, le=MAX_GUIDANCE, description="autoguidance scale, for a model with a guide network; 1: none"
+        None,
+        ge=0,
+        le=MAX_GUIDANCE,
+        allow_inf_nan=False,
+        description="autoguidance scale, for a model with a guide network; 1: none",
     )
+
+
+def cost(n: int, steps: int, sampler: str, guidance: float | None) -> int:
+    """What ``n`` images cost: their network evaluations (twice over where guided), and decoding."""
+    evaluations = steps * EVALUATIONS_PER_STEP[sampler] * (1 if guidance in (None, 1.0) else 2)
+    return n * (evaluations + DECODE_COST)
 
 
 class Candidate(BaseModel):
@@ -70,7 +100,7 @@ class GenerateResponse(BaseModel):
 
 
 class JobStatus(BaseModel):
-    id: int
+    id: str
     status: Literal["queued", "running", "done", "failed"]
     steps_done: int
     steps: int
@@ -140,26 +170,88 @@ def stored_scorer(kind: str | None, folder: Path) -> Scorer | None:
         return None
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 without being parsed,
+    whether its Content-Length says so up front or its chunks add up to it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            return await self.refuse(scope, receive, send)
+        seen, refused = 0, False
+
+        async def limited() -> Message:  # the app reads the body through this
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes and not refused:
+                refused = True
+                await self.refuse(scope, receive, send)
+                return {"type": "http.disconnect"}  # the app stops reading
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited, unless_refused)
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"request body larger than {self.max_bytes} bytes"
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def validation_error(request: Request, error: Exception) -> JSONResponse:
+    """A 422 whose body is always valid JSON: what was wrong and where, without echoing the input
+    (which may be NaN, an infinity or megabytes)."""
+    assert isinstance(error, RequestValidationError)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def model_name(model: str | Path) -> str:
+    """How the API names the model: a bundled name, or a folder's name (never a path of the server's)."""
+    return str(model) if str(model) in BUNDLED_PIPELINES else Path(model).resolve().name
+
+
 def create_app(
     model: str | Path = "cats",
     *,
     device: str | torch.device = "cpu",
     scorer: str | None = DEFAULT_SCORER,
     max_batch_images: int = 32,
-    max_pending: int = 64,
+    max_cost: int = MAX_COST,
+    max_request_cost: int = MAX_REQUEST_COST,
     window_s: float = 0.05,
+    host: str | None = None,
 ) -> FastAPIOffline:
     """The app for one pipeline (a bundled model's name or a pipeline folder), sampled on ``device``;
-    candidates are ranked by the folder's ``scorer`` (none if None, or if the folder has no statistics)."""
+    candidates are ranked by the folder's ``scorer`` (none if None, or if the folder has no statistics).
+    ``max_cost`` bounds the work queued and ``max_request_cost`` that of one request (:func:`cost`);
+    bound to a loopback ``host``, the app answers only requests addressed to this machine by name."""
     folder = pipeline_folder(model)
     pipeline = Pipeline.from_folder(folder, device=device)
     ranker = stored_scorer(scorer, folder)
     batcher = MicroBatcher(
-        Generator(pipeline, ranker), max_batch_images=max_batch_images, max_pending=max_pending, window_s=window_s
+        Generator(pipeline, ranker),
+        max_batch_images=max_batch_images,
+        max_cost=max_cost,
+        window_s=window_s,
+        result_size=lambda response: sum(len(c.image) for c in response.candidates),
     )
     app = FastAPIOffline(title="catdiff", description="Make new images with a diffusion model; one click, a new cat.")
     app.state.batcher = batcher
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    if host in LOOPBACK:  # a page elsewhere cannot reach it through a name that resolves here
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK, "[::1]"])
+    request_cap = min(max_request_cost, max_cost)
 
     guided = pipeline.guide is not None
 
@@ -175,8 +267,16 @@ def create_app(
             "sampler": request.sampler or pipeline.sampling["sampler"],
             "guidance": (pipeline.guidance if request.guidance is None else request.guidance) if guided else None,
         }
+        price = cost(request.n, params["steps"], params["sampler"], params["guidance"])
+        if price > request_cap:
+            raise HTTPException(
+                422,
+                f"this request costs {price} (images x network evaluations); one may cost at most {request_cap}:"
+                " ask for fewer images or steps",
+            )
+        key = (params["steps"], params["sampler"], params["guidance"])
         try:
-            return batcher.submit((params["steps"], params["sampler"], params["guidance"]), request.n, params)
+            return batcher.submit(key, request.n, params, cost=price)
         except QueueFull as error:
             raise HTTPException(503, f"busy: {error}; retry shortly", headers={"Retry-After": "1"}) from None
 
@@ -201,12 +301,19 @@ def create_app(
     def info() -> dict[str, Any]:
         """The model's defaults and the limits of the API."""
         return {
-            "model": str(model),
+            "model": model_name(model),
             "defaults": pipeline.sampling,
             "samplers": sorted(SAMPLERS),
             "scorer": None if ranker is None else ranker.name,
             "guidance": pipeline.guidance if guided else None,
-            "limits": {"n": MAX_N, "steps": MAX_STEPS, "seed": MAX_SEED, "guidance": MAX_GUIDANCE},
+            "limits": {
+                "n": MAX_N,
+                "steps": MAX_STEPS,
+                "seed": MAX_SEED,
+                "guidance": MAX_GUIDANCE,
+                "request_cost": request_cap,
+                "queued_cost": max_cost,
+            },
         }
 
     @app.post("/api/generate", response_model=GenerateResponse)
@@ -220,15 +327,15 @@ def create_app(
         return status(submit(request))
 
     @app.get("/api/jobs/{job_id}", response_model=JobStatus)
-    def job_status(job_id: int) -> JobStatus:
+    def job_status(job_id: str) -> JobStatus:
         job = batcher.jobs.get(job_id)
         if job is None:
-            raise HTTPException(404, f"no job {job_id}")
+            raise HTTPException(404, "no such job (or it finished long ago)")
         return status(job)
 
     @app.get("/api/metrics")
     def metrics() -> dict[str, Any]:
-        """Batches run, requests served and refused, and how many requests shared each batch."""
-        return batcher.metrics.as_dict()
+        """Batches run, requests served and refused, how many requests shared each batch, and the cost queued."""
+        return {**batcher.metrics.as_dict(), "queued_cost": batcher.pending_cost}
 
     return app

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from catdiff.diffusion.objective import PREDICTIONS
-from catdiff.diffusion.schedule import NoiseSchedule
+from catdiff.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from catdiff.errors import UserError
+from catdiff.models import model_settings
+from catdiff.validation import validate
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -22,7 +23,7 @@ class TrainConfig:
     """
 
     model: dict[str, Any] = field(default_factory=lambda: {"type": "unet"})
-    schedule: dict[str, Any] = field(default_factory=lambda: NoiseSchedule().to_config())
+    schedule: ScheduleConfig = field(default_factory=lambda: NoiseSchedule().to_config())
     prediction: Literal["eps", "v", "x0"] = "eps"
     min_snr_gamma: float | None = None
     label_dropout: float = 0.1
@@ -82,18 +83,44 @@ class TrainConfig:
             "guidance": self.guidance >= 0,
             "guidance_interval": self.guidance_interval is None
             or 0 <= self.guidance_interval[0] < self.guidance_interval[1],
-            "prediction": self.prediction in PREDICTIONS,
-            "lr_schedule": self.lr_schedule in ("constant", "cosine"),
-            "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
+            "warmup_steps": self.warmup_steps >= 0,
+            "grad_clip": self.grad_clip >= 0,
+            "weight_decay": self.weight_decay >= 0,
+            "ema_max_decay": 0 <= self.ema_max_decay <= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 1,
+            "preview_n": self.preview_n >= 1,
+            "preview_steps": self.preview_steps >= 1,
+            "min_snr_gamma": self.min_snr_gamma is None or self.min_snr_gamma > 0,
+            "betas": all(0 <= beta < 1 for beta in self.betas),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"invalid training option {bad[0]}={getattr(self, bad[0])!r}")
+        model_settings(self.model)
+        try:
+            NoiseSchedule.from_config(dict(self.schedule))
+        except (TypeError, ValueError) as error:
+            raise UserError(f"invalid training option schedule: {error}") from None
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown training option {unknown[0]!r}")
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], what: str = "training options") -> TrainConfig:
+        """Options as a JSON file or the command line give them, checked strictly
+        (:mod:`catdiff.validation`): any wrong key, type or value is a one-line :class:`UserError`."""
+        return validate(cls, values, what)
+
+
+@dataclass
+class Recipe(TrainConfig):
+    """A recipe file (:mod:`catdiff.recipes`): training options, ``"auto"`` where the run measures
+    the fastest precision or memory format, and two keys of the command: ``size``, the training
+    resolution in pixels, and ``pixels``, true to train an image folder in pixel space."""
+
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "no"  # type: ignore[assignment]
+    channels_last: bool | Literal["auto"] = False
+    size: int | None = None
+    pixels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size is not None and self.size < 1:
+            raise UserError(f"invalid recipe option size={self.size!r}")
+        super().__post_init__()

@@ -13,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from catdiff.io.atomic import atomic_file
 from catdiff.training.budget import time_left
 from catdiff.training.config import TrainConfig
 
@@ -80,19 +81,24 @@ def append_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's log; a line cut short by a kill is skipped."""
+    """The records of a run's log; a line cut short by a kill (or anything else that is not a
+    record of a step) is skipped."""
     path = run_dir / LOG_FILE
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
     return records
 
 
 def truncate_log(run_dir: Path, step: int) -> None:
-    """Drop the records written after ``step`` (the checkpoint a run resumes from), and cut lines."""
+    """Keep the records up to ``step`` (where a run starts or resumes), so that no step is
+    logged twice; lines cut short are dropped. The log is replaced atomically."""
     if (run_dir / LOG_FILE).is_file():
         kept = [json.dumps(r) + "\n" for r in read_log(run_dir) if r["step"] <= step]
-        (run_dir / LOG_FILE).write_text("".join(kept))
+        with atomic_file(run_dir / LOG_FILE) as tmp:
+            tmp.write_text("".join(kept))

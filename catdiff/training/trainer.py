@@ -31,10 +31,13 @@ from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.errors import UserError
 from catdiff.images import save_grid
 from catdiff.io.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_DIR,
     checkpoint_dirs,
     read_config,
     read_training_state,
     read_weights,
+    remove_stale,
     replace_folder,
     save_checkpoint,
 )
@@ -152,10 +155,7 @@ class Trainer:
         self.rank = self.accelerator.process_index
         self.order = BatchOrder(len(data), config.batch_size * config.grad_accum * self.world, config.seed)
         torch.manual_seed(config.seed)
-        try:
-            network = build_model(config.model)
-        except (TypeError, ValueError) as error:
-            raise UserError(f"bad model config: {error}") from None
+        network = build_model(config.model)
         if init is not None:
             load_state_strict(network, with_augmentation(network, init), Path(config.init or "--init"))
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -249,8 +249,6 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.clock.spent = float(state.get("elapsed", 0.0))
-        if self.accelerator.is_main_process:
-            truncate_log(self.run_dir, self.step)
         log.info("resumed from %s at step %d after %.1f s of training", path, self.step, self.clock.spent)
         return True
 
@@ -322,6 +320,10 @@ class Trainer:
         if finished(self.step, self.clock.spent, config):
             log.info("nothing to train: the run ended at step %d after %.1f s", self.step, self.clock.spent)
             return None
+        if main:  # no step logged twice, whether resumed or started again after a kill
+            truncate_log(self.run_dir, self.step)
+            if (self.run_dir / CHECKPOINTS_DIR).is_dir():
+                remove_stale(self.run_dir / CHECKPOINTS_DIR, f".{CHECKPOINT_PREFIX}*")
         images_per_step = config.batch_size * config.grad_accum * self.world
         window_loss, window_steps, window_start = 0.0, 0, self.clock.spent
         guide_due = config.guide_at is not None and run_progress(self.step, self.clock.spent, config) < config.guide_at

@@ -6,6 +6,7 @@ function with that signature decorated with :func:`register_sampler`, in a modul
 """
 
 from catdiff.diffusion.samplers.core import (
+    EVALUATIONS_PER_STEP,
     SAMPLERS,
     Callback,
     DenoiseFn,
@@ -22,6 +23,7 @@ from catdiff.diffusion.samplers.ode import sample_euler, sample_heun
 from catdiff.diffusion.samplers.vp import sample_ddim, sample_ddpm
 
 __all__ = [
+    "EVALUATIONS_PER_STEP",
     "SAMPLERS",
     "Callback",
     "DenoiseFn",

@@ -46,16 +46,20 @@ class StepInfo(TypedDict):
 Callback = Callable[[StepInfo], Any]
 
 SAMPLERS: dict[str, Sampler] = {}
+#: Network evaluations per step of each sampler, at most (what a step costs).
+EVALUATIONS_PER_STEP: dict[str, int] = {}
 _COMMON = ("generator", "callback")
 
 
-def register_sampler(name: str) -> Callable[[Sampler], Sampler]:
-    """Decorator: add a sampler function to :data:`SAMPLERS` under ``name``."""
+def register_sampler(name: str, evaluations_per_step: int = 1) -> Callable[[Sampler], Sampler]:
+    """Decorator: add a sampler function to :data:`SAMPLERS` under ``name``, with the network
+    evaluations one of its steps takes at most."""
 
     def add(fn: Sampler) -> Sampler:
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} is already registered")
         SAMPLERS[name] = fn
+        EVALUATIONS_PER_STEP[name] = evaluations_per_step
         return fn
 
     return add

@@ -29,7 +29,7 @@ def sample_euler(
     return sample_first_order(denoise, x, sigmas, lambda sigma, sigma_next: (sigma_next, 0.0), None, callback)
 
 
-@register_sampler("heun")
+@register_sampler("heun", evaluations_per_step=2)
 @torch.no_grad()
 def sample_heun(
     denoise: DenoiseFn,
