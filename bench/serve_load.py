@@ -7,7 +7,7 @@ clients posting the costliest requests the server admits back to back (16 images
 model's steps, or whatever fits the per-request cap), while ``--cheap`` clients each post a
 one-image request at the model's defaults every half second. Prints every status seen, the
 p50 / p95 latency of each kind, the cheap requests' wait, and the server's resident memory
-before and after (from /proc). docs/SERVING.md holds the figures.
+before and after (from /proc). docs/FAULTS.md holds the figures.
 """
 
 from __future__ import annotations

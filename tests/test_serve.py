@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -290,3 +292,46 @@ def test_retained_results_are_bounded_by_bytes_and_age() -> None:
     time.sleep(0.6)
     batcher.submit("a", 1, {"i": 6})
     assert len(batcher.jobs) == 1  # all finished ones were older than 0.5 s
+
+
+@pytest.mark.slow
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    route=st.sampled_from(["POST /api/generate", "POST /api/jobs", "GET /api/jobs/", "GET /api/info", "PUT /api/jobs"]),
+    body=st.one_of(
+        st.binary(max_size=64),
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(["seed", "steps", "sampler", "n", "guidance", "x"]), inner, max_size=5
+                )
+            ),
+            max_leaves=6,
+        ).map(lambda value: json.dumps(value).encode()),
+    ),
+    suffix=st.text(alphabet="abcXYZ019-_.~%", max_size=24),
+)
+def test_fuzzing_the_api_never_makes_a_500(client: TestClient, route: str, body: bytes, suffix: str) -> None:
+    method, path = route.split(" ")
+    if path.endswith("/"):
+        path += suffix
+    result = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    assert result.status_code < 500 or result.status_code == 503, result.text
+    if result.status_code in (413, 422):
+        result.json()  # the body is JSON
+
+
+@pytest.mark.slow
+def test_cheap_requests_are_answered_within_5_s_while_expensive_ones_queue() -> None:
+    """The bundled cats served as a process, 4 clients posting the costliest requests admitted
+    back to back and 4 posting one image every half second (bench/serve_load.py)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from serve_load import measure
+
+    figures = measure("cats", seconds=30)
+    for kind in ("cheap", "expensive"):
+        assert set(figures[kind]["statuses"]) <= {200, 503}, figures
+    assert figures["cheap"]["answered"] >= 10 and figures["expensive"]["answered"] >= 1, figures
+    assert figures["cheap"]["p95_s"] <= 5, figures

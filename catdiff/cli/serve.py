@@ -26,10 +26,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-cost",
         type=positive_int,
-        help="work queued and running, at most, in images x network evaluations, then 503 (default 1024: about"
-        " 4 s of work on 2 CPU cores)",
+        help="work queued and running, at most, in images x network evaluations, then 503 (default 768: about"
+        " 2.5 s of work on 2 CPU cores)",
     )
-    p.add_argument("--max-request-cost", type=positive_int, help="what one request may cost, at most (default 512)")
+    p.add_argument("--max-request-cost", type=positive_int, help="what one request may cost, at most (default 384)")
     p.add_argument(
         "--scorer", choices=(*STORED_SCORERS, "none"), default=DEFAULT_SCORER, help="how candidates are ranked"
     )

@@ -6,7 +6,7 @@ seed ``s`` is the image of seed ``s + j``: its start noise and every per-step dr
 own generator, so a request gives the same images alone, pooled with others, or from
 ``catdiff generate --seed s``, with every sampler.
 
-What a caller cannot do (docs/SERVING.md): make the server parse a large body (413), pass a
+What a caller cannot do (docs/FAULTS.md): make the server parse a large body (413), pass a
 string or boolean for a number (strict request models; every 422 body is valid JSON), read
 another caller's job (ids of 96 random bits), reach a server bound to this machine through
 another host name (DNS rebinding), learn its paths, or hold the queue with costly requests:
@@ -48,11 +48,11 @@ MAX_N, MAX_STEPS, MAX_SEED = 16, 200, 2**32 - 1
 MAX_BODY_BYTES = 16 * 1024  # a request is a few short fields
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Costs are images x network evaluations. Decoding an image with TAESD takes about as long as
-# 8 evaluations of the bundled denoiser for it (bench/serve_load.py). On 2 CPU cores the server
-# makes about 250 such units a second, so the queue bound of 1,024 is about 4 s of work.
+# 8 evaluations of the bundled denoiser for it. On 2 CPU cores the server makes about 300 such
+# units a second, so the queue bound is about 2.5 s of work (docs/FAULTS.md, bench/serve_load.py).
 DECODE_COST = 8
-MAX_COST = 1024
-MAX_REQUEST_COST = 512
+MAX_COST = 768
+MAX_REQUEST_COST = 384
 SamplerName = Literal[tuple(sorted(SAMPLERS))]  # type: ignore[valid-type]
 
 
