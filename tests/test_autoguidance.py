@@ -171,7 +171,7 @@ def test_the_server_samples_autoguided_and_takes_a_guidance_per_request(
         assert body["guidance"] == guidance
         expected = to_pil(pipeline.sample(1, seed=7, condition=pipeline.autoguidance(guidance)))[0]
         assert Image.open(io.BytesIO(base64.b64decode(body["image"]))).tobytes() == expected.tobytes()
-    assert client.post("/api/generate", json={"guidance": 21}).status_code == 422
+    assert client.post("/api/generate", json={"guidance": 31}).status_code == 422
     unguided = TestClient(create_app(pipeline_dir, window_s=0.01))
     assert unguided.get("/api/info").json()["guidance"] is None
     refused = unguided.post("/api/generate", json={"guidance": 2})

@@ -237,7 +237,7 @@ def test_the_page_makes_a_new_cat_in_a_real_browser(server, tmp_path: Path) -> N
     assert (tmp_path / "page.png").stat().st_size > 0
 
 
-# --- what a caller cannot do (docs/SERVING.md) ---------------------------------------------------
+# --- what a caller cannot do (docs/FAULTS.md) ---------------------------------------------------
 
 
 @pytest.mark.parametrize("raw", ['{"seed": NaN}', '{"seed": Infinity}', '{"seed": 1e400}', '{"guidance": NaN}'])
