@@ -1,7 +1,8 @@
 """Autoencoders in diffusion terms: images in [-1, 1] <-> diffusion-ready latents.
 
-One interface over the bundled TAESD and AutoencoderKL (SD-1.x VAE files, diffusers folders,
-or ones we train): each module has ``encode_latents``/``decode_latents``, ``latent_channels``,
+One interface over the bundled TAESD, AutoencoderKL (SD-1.x VAE files, diffusers folders, or
+ones we train) and the VQ autoencoder of LDMs (diffusers ``VQModel`` folders); diffusers'
+``AutoencoderTiny`` folders load as TAESD. Each module has ``encode_latents``/``decode_latents``, ``latent_channels``,
 ``downsampling_factor`` and a ``kind``, with a fingerprint of the weights so that a latent cache
 or a model can say exactly which autoencoder its latents belong to.
 """
@@ -18,13 +19,19 @@ import torch
 from torch import Tensor, nn
 
 from catdiff.errors import UserError
+from catdiff.io.diffusers_autoencoders import diffusers_class, load_diffusers_autoencoder, write_diffusers_folder
 from catdiff.io.taesd import is_taesd_folder, load_taesd, save_taesd
 from catdiff.io.vae import load_vae, save_vae
 from catdiff.models import AutoencoderKL
 from catdiff.models.taesd import TAESD
+from catdiff.models.vq import VQAutoencoder
 
 #: How each kind of autoencoder writes a folder that :func:`load_autoencoder` reads back.
-SAVERS: dict[str, Callable[[Any, Path], Path]] = {TAESD.kind: save_taesd, AutoencoderKL.kind: save_vae}
+SAVERS: dict[str, Callable[[Any, Path], Path]] = {
+    TAESD.kind: save_taesd,
+    AutoencoderKL.kind: save_vae,
+    VQAutoencoder.kind: write_diffusers_folder,
+}
 
 
 def fingerprint(module: nn.Module) -> str:
@@ -38,10 +45,10 @@ def fingerprint(module: nn.Module) -> str:
 
 @dataclass
 class Autoencoder:
-    """A TAESD or AutoencoderKL with ``encode``/``decode`` in diffusion-ready float32 latents,
-    whatever the module's own dtype."""
+    """A TAESD, AutoencoderKL or VQ autoencoder with ``encode``/``decode`` in diffusion-ready
+    float32 latents, whatever the module's own dtype."""
 
-    module: TAESD | AutoencoderKL
+    module: TAESD | AutoencoderKL | VQAutoencoder
 
     def __post_init__(self) -> None:
         # Convolutions on CPU and GPU run 1.5x faster in NHWC, with the same results to float rounding.
@@ -87,11 +94,16 @@ class Autoencoder:
 
 
 def load_autoencoder(spec: str | Path) -> Autoencoder:
-    """``"taesd"`` (the bundled copy), a TAESD folder, a catdiff autoencoder folder, or any
-    SD-1.x VAE that :func:`catdiff.io.vae.load_vae` reads."""
+    """``"taesd"`` (the bundled copy), a TAESD folder, a diffusers ``AutoencoderKL``,
+    ``AutoencoderTiny`` or ``VQModel`` folder (a pipeline's ``vae/`` or ``vqvae/``), a catdiff
+    autoencoder folder, or any SD-1.x VAE that :func:`catdiff.io.vae.load_vae` reads."""
     if str(spec) == "taesd":
         return Autoencoder(load_taesd())
     path = Path(spec)
     if not path.exists():
         raise UserError(f"autoencoder not found: {path} (give 'taesd', a VAE file or a folder)")
-    return Autoencoder(load_taesd(path) if is_taesd_folder(path) else load_vae(path))
+    if is_taesd_folder(path):
+        return Autoencoder(load_taesd(path))
+    if diffusers_class(path) is not None:
+        return Autoencoder(load_diffusers_autoencoder(path))
+    return Autoencoder(load_vae(path))

@@ -228,12 +228,14 @@ def read_images(folder: Path, *, at_most: int | None = None) -> Tensor:
 
 def is_sample_folder(spec: str | Path) -> bool:
     """Whether ``spec`` is a folder of images rather than a model (a bundled model's name, or a
-    pipeline, model, checkpoint or run folder)."""
+    pipeline, diffusers pipeline, model, checkpoint or run folder)."""
+    from catdiff.io.diffusers_pipeline import is_diffusers_folder
     from catdiff.pipeline import BUNDLED_PIPELINES
 
     path = Path(spec)
     model_files = ("pipeline.json", "config.json", "checkpoints")
-    return str(spec) not in BUNDLED_PIPELINES and path.is_dir() and not any((path / f).exists() for f in model_files)
+    is_model = any((path / f).exists() for f in model_files) or is_diffusers_folder(path)
+    return str(spec) not in BUNDLED_PIPELINES and path.is_dir() and not is_model
 
 
 def evaluation_samples(

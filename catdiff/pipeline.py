@@ -68,13 +68,16 @@ BEST_OF_CHUNK = 64
 
 
 def pipeline_folder(spec: str | Path) -> Path:
-    """The folder of a model to sample: a bundled model's name (``"cats"``), a pipeline folder, or
-    what :meth:`Pipeline.from_folder` resolves as well: a run folder of ``catdiff train`` (its
-    newest checkpoint), a checkpoint or a model folder. Anything else is a :class:`UserError`."""
+    """The folder of a model to sample: a bundled model's name (``"cats"``), a pipeline folder, a
+    diffusers pipeline folder (:mod:`catdiff.io.diffusers_pipeline`), or what
+    :meth:`Pipeline.from_folder` resolves as well: a run folder of ``catdiff train`` (its newest
+    checkpoint), a checkpoint or a model folder. Anything else is a :class:`UserError`."""
+    from catdiff.io.diffusers_pipeline import is_diffusers_folder
+
     if str(spec) in BUNDLED_PIPELINES:
         return BUNDLED_DIR / str(spec)
     path = Path(spec)
-    if (path / PIPELINE_FILE).is_file():
+    if (path / PIPELINE_FILE).is_file() or is_diffusers_folder(path):
         return path
     if not path.is_dir():
         raise UserError(
@@ -225,7 +228,12 @@ class Pipeline:
 
     @classmethod
     def from_folder(cls, path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
-        """Load a pipeline folder, a model folder, a training checkpoint, or a run's newest checkpoint."""
+        """Load a pipeline folder, a diffusers pipeline folder, a model folder, a training
+        checkpoint, or a run's newest checkpoint."""
+        from catdiff.io.diffusers_pipeline import is_diffusers_folder, load_diffusers_pipeline
+
+        if is_diffusers_folder(Path(path)):
+            return load_diffusers_pipeline(Path(path)).to(device)
         weights, config, home = read_model(Path(path))
         network, _ = load_network(weights, ema=ema)
         channels = getattr(getattr(network, "config", None), "in_channels", config["sample_shape"][0])

@@ -2,7 +2,8 @@
 
 - :class:`CLIPScorer`: cosine similarity of an image to a prompt in CLIP's joint embedding
   (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
-  Supervision"), from a local CLIP in transformers' or open_clip's format. Never downloads.
+  Supervision"), from a local CLIP in transformers' or open_clip's format (the latter converted
+  into transformers' model, so open_clip itself is not needed). Never downloads.
 - :class:`TypicalityScorer`: needs no external weights. It scores how typical an image's
   features (the bundled TAESD encoder's, :class:`catdiff.metrics.TAESDFeatures`) are of the
   training images: minus the Mahalanobis distance to their Gaussian fit, the per-image term of
@@ -33,10 +34,13 @@ from torch import Tensor, nn
 from catdiff.errors import UserError
 from catdiff.io.atomic import write_bytes
 from catdiff.io.json_files import read_json
+from catdiff.io.open_clip_keys import OPEN_CLIP_WEIGHTS, clip_config_from_open_clip, clip_state_from_open_clip
+from catdiff.io.state_dicts import load_state_strict, read_state_file
 from catdiff.io.taesd import load_taesd
 from catdiff.metrics import TAESDFeatures, batches, resize
 from catdiff.models.taesd import TAESD
 from catdiff.realism import REALISM_FILE, RealismScorer
+from catdiff.sd.tokenizer import CLIPTokenizer, clip_vocabulary
 
 DEFAULT_PROMPT = "a photo of a cat"
 TYPICALITY_FILE = "typicality.safetensors"
@@ -117,60 +121,69 @@ class CLIPScorer:
 
     @classmethod
     def _from_transformers(cls, folder: Path, prompt: str) -> CLIPScorer:
+        _, model_class, tokenizer_class = _transformers_clip()
         try:
-            from transformers import CLIPModel, CLIPTokenizer
-        except ImportError:
-            raise UserError('the CLIP scorer needs transformers: pip install "catdiff[clip]"') from None
-        try:
-            model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
-            tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+            model = model_class.from_pretrained(folder, local_files_only=True).eval()
+            tokenizer = tokenizer_class.from_pretrained(folder, local_files_only=True)
         except Exception as error:  # a third party's loader, refusing the folder's files in its own ways
             raise UserError(f"cannot load CLIP from {folder}: {first_line(error)}") from None
         tokens = tokenizer([prompt], padding="max_length", truncation=True, return_tensors="pt")
-        with torch.inference_mode():
-            text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        return cls(
-            _TransformersImageEncoder(model),
-            _features(text),
-            image_size=model.config.vision_config.image_size,
-        )
+        return cls._of_model(model, tokens["input_ids"], tokens["attention_mask"])
 
     @classmethod
     def _from_open_clip(cls, folder: Path, prompt: str) -> CLIPScorer:
-        try:
-            import open_clip
-        except ImportError as error:
-            raise UserError(f"this CLIP is in open_clip's format; it needs open_clip-torch: {error}") from None
-        config = read_json(folder / "open_clip_config.json", what="open_clip config")
-        weights = next(
-            (
-                folder / n
-                for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-                if (folder / n).is_file()
-            ),
-            None,
-        )
+        """An open_clip folder, converted into transformers' ``CLIPModel``
+        (:mod:`catdiff.io.open_clip_keys`): no open_clip import. The prompt is tokenized with the
+        folder's tokenizer files if it has them, else with OpenAI's vocabulary, as open_clip does."""
+        config_class, model_class, _ = _transformers_clip()
+        config_file = folder / "open_clip_config.json"
+        settings = read_json(config_file, what="open_clip config")
+        model_cfg = settings.get("model_cfg")
+        if not isinstance(model_cfg, dict):
+            raise UserError(f"{config_file} has no model_cfg (the open_clip layout of push_to_hf_hub)")
+        weights = next((folder / n for n in OPEN_CLIP_WEIGHTS if (folder / n).is_file()), None)
         if weights is None:
-            raise UserError(f"no open_clip weights in {folder}")
+            raise UserError(f"no open_clip weights in {folder} (expected {' or '.join(OPEN_CLIP_WEIGHTS)})")
+        config = clip_config_from_open_clip(model_cfg, config_file)
+        text_config, vocabulary = config["text_config"], clip_vocabulary(folder)
+        if max(vocabulary.tokens.values()) >= text_config["vocab_size"]:
+            raise UserError(f"{folder}: the tokenizer's vocabulary is larger than the model's")
+        tokenizer = CLIPTokenizer.from_vocabulary(vocabulary, text_config["max_position_embeddings"])
+        text_config.update(bos_token_id=tokenizer.start_id, eos_token_id=tokenizer.end_id)
         try:
-            model = open_clip.create_model(
-                config.get("model_name", "ViT-B-32"), pretrained=str(weights), load_weights_only=True
-            ).eval()
-        except Exception as error:  # as in _from_transformers
-            raise UserError(f"cannot load open_clip weights {weights}: {first_line(error)}") from None
-        tokenizer = open_clip.get_tokenizer(config.get("model_name", "ViT-B-32"))
-        with torch.inference_mode():
-            text = model.encode_text(tokenizer([prompt]))
-        preprocess = config.get("preprocess_cfg", {})
-        return cls(
-            _OpenCLIPImageEncoder(model),
-            text,
-            image_size=model.visual.image_size[0]
-            if isinstance(model.visual.image_size, tuple)
-            else model.visual.image_size,
-            mean=tuple(preprocess.get("mean", CLIP_MEAN)),
-            std=tuple(preprocess.get("std", CLIP_STD)),
+            model = model_class(config_class(**config)).eval()
+        except Exception as error:  # transformers' config checks, in their own words
+            raise UserError(f"{config_file}: unusable open_clip model config: {first_line(error)}") from None
+        load_state_strict(
+            model, clip_state_from_open_clip(read_state_file(weights)), weights, what="the open_clip CLIP"
         )
+        preprocess = settings.get("preprocess_cfg", {})
+        mean, std = tuple(preprocess.get("mean", CLIP_MEAN)), tuple(preprocess.get("std", CLIP_STD))
+        return cls._of_model(model, tokenizer([prompt]), None, mean=mean, std=std)
+
+    @classmethod
+    def _of_model(
+        cls,
+        model: nn.Module,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+    ) -> CLIPScorer:
+        """The scorer of a transformers ``CLIPModel`` and the prompt's tokens."""
+        with torch.inference_mode():
+            text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        image_size = model.config.vision_config.image_size
+        return cls(_TransformersImageEncoder(model), _features(text), image_size=image_size, mean=mean, std=std)
+
+
+def _transformers_clip() -> tuple[type, type, type]:
+    """transformers' ``CLIPConfig``, ``CLIPModel`` and ``CLIPTokenizer``, or a one-line error naming the extra."""
+    try:
+        from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    except ImportError:
+        raise UserError('the CLIP scorer needs transformers: pip install "catdiff[clip]"') from None
+    return CLIPConfig, CLIPModel, CLIPTokenizer
 
 
 def _features(output: Tensor | object) -> Tensor:
@@ -185,15 +198,6 @@ class _TransformersImageEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         return _features(self.model.get_image_features(pixel_values=pixels))
-
-
-class _OpenCLIPImageEncoder(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        return self.model.encode_image(pixels)
 
 
 def save_statistics(folder: Path, file: str, statistics: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> Path:

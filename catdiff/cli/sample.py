@@ -70,11 +70,14 @@ def class_names(folder: Path) -> list[str] | None:
     """The class names recorded with a model (a pipeline folder's ``classes``, or those of the
     data of a run, checkpoint or model folder), or None when it has none."""
     from catdiff.io.checkpoints import read_config, resolve_model_folder
+    from catdiff.io.diffusers_pipeline import is_diffusers_folder
     from catdiff.io.json_files import read_json
     from catdiff.pipeline import PIPELINE_FILE
 
     if (folder / PIPELINE_FILE).is_file():
         return read_json(folder / PIPELINE_FILE, what="pipeline folder").get("classes")
+    if is_diffusers_folder(folder):
+        return None
     return read_config(resolve_model_folder(folder)).get("data", {}).get("classes")
 
 
@@ -246,6 +249,13 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         "model", help="run folder (newest checkpoint), checkpoint, model or pipeline folder, or a bundled model"
     )
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    p.add_argument(
+        "--format",
+        choices=("catdiff", "diffusers"),
+        default="catdiff",
+        help="catdiff: a pipeline folder; diffusers: unet/, scheduler/ and vae/ for diffusers' classes"
+        " (model_index.json for a pixel model: a DDPMPipeline); diffusers has no autoguidance",
+    )
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     p.add_argument("--fp16", action="store_true", help="store the denoiser's weights in float16 (half the size)")
     add_sampler_options(p, "stored as the pipeline's default")
@@ -278,6 +288,7 @@ def run_export(args: argparse.Namespace) -> None:
     import torch
 
     from catdiff.io.checkpoints import replace_folder
+    from catdiff.io.diffusers_pipeline import save_diffusers_pipeline
     from catdiff.io.json_files import read_json, write_json
     from catdiff.pipeline import (
         PIPELINE_FILE,
@@ -293,6 +304,10 @@ def run_export(args: argparse.Namespace) -> None:
 
     if args.realism_scorer is not None and args.reference_images is None:
         raise UserError("--realism-scorer needs --reference-images (the training images it learns from)")
+    catdiff_only = {"--fp16": args.fp16, "--reference-images": args.reference_images, "--guide": args.guide}
+    given = [flag for flag, value in catdiff_only.items() if value]
+    if args.format == "diffusers" and given:
+        raise UserError(f"{given[0]} is for catdiff pipeline folders, not --format diffusers")
     if args.out.exists() and not (args.out / PIPELINE_FILE).is_file() and any(args.out.iterdir()):
         raise UserError(f"--out {args.out} holds other files; give a new folder or a pipeline folder to replace")
     make_writable_folder(args.out.parent if str(args.out.parent) else Path("."))
@@ -330,5 +345,11 @@ def run_export(args: argparse.Namespace) -> None:
                 f" (trained on {fit.trained_on}; 0.5 is chance)"
             )
 
+    if args.format == "diffusers":
+        replace_folder(args.out, lambda out: save_diffusers_pipeline(pipeline, out, config["diffusion"]))
+        print(
+            f"wrote diffusers folder {args.out} (unet/, scheduler/{'' if pipeline.autoencoder is None else ', vae/'})"
+        )
+        return
     replace_folder(args.out, fill)
     print(f"wrote pipeline {args.out}")

@@ -6,6 +6,11 @@ the fractional timestep ``t(sigma)`` of its schedule, and is trained on ``x_t = 
 at integer timesteps. As in EDM's ``EDMPrecond`` and k-diffusion's ``DiscreteEpsDDPMDenoiser``,
 one object holds both directions, so eps, v and x0 (:mod:`catdiff.diffusion.objective`) are
 interpreted in one place.
+
+The network sees its input in its own dtype and its output comes back in the sampler's, so a
+sampler that carries ``x`` in float64 (another library's, or ours on a float64 start) drives a
+float32 network. Under ``torch.autocast`` the input takes the parameters' dtype and autocast
+lowers the operations as before.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from catdiff.diffusion.objective import Prediction, min_snr_weight, predicted_x0, training_target
 from catdiff.diffusion.schedule import NoiseSchedule
@@ -33,6 +38,16 @@ def dynamic_threshold(x0: Tensor, percentile: float, limit: float) -> Tensor:
     return x0.clamp(-s, s) * (limit / s)
 
 
+def network_dtype(network: Network) -> torch.dtype | None:
+    """The dtype a network takes its input in: a module's first floating parameter's, or the
+    ``dtype`` a guided network declares (:mod:`catdiff.diffusion.conditioning`'s wrappers); None
+    for a plain function, which gets its input as it is."""
+    if isinstance(network, nn.Module):
+        return next((p.dtype for p in network.parameters() if p.is_floating_point()), None)
+    dtype = getattr(network, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
 def _per_sample(values: Tensor, ndim: int) -> Tensor:
     return values.view(-1, *([1] * (ndim - 1)))
 
@@ -40,8 +55,10 @@ def _per_sample(values: Tensor, ndim: int) -> Tensor:
 class Denoiser:
     """``denoise(x, sigma) -> x0`` and ``loss(x0, t, noise)`` for a network with a given prediction target.
 
-    ``clip_x0`` keeps x0 estimates within ``[-clip_x0, clip_x0]``: by clamping, or by
-    :func:`dynamic_threshold` at ``dynamic_percentile`` when that is given.
+    ``x`` may be in any float dtype: the network gets ``x_t`` in :func:`network_dtype` (and its
+    timesteps in float32), and x0 is computed in ``x``'s dtype. ``clip_x0`` keeps x0 estimates
+    within ``[-clip_x0, clip_x0]``: by clamping, or by :func:`dynamic_threshold` at
+    ``dynamic_percentile`` when that is given.
     """
 
     def __init__(
@@ -65,7 +82,7 @@ class Denoiser:
         t = self.schedule.sigma_to_t(sigma).to(torch.float32)
         alpha = _per_sample(c_in, x.ndim).to(x.dtype)
         x_t = x * alpha
-        output = self.network(x_t, t).to(x.dtype)
+        output = self.network(x_t.to(network_dtype(self.network) or x.dtype), t).to(x.dtype)
         x0 = predicted_x0(self.prediction, output, x_t, alpha, _per_sample(sigma * c_in, x.ndim).to(x.dtype))
         if self.clip_x0 is not None and self.dynamic_percentile is not None:
             x0 = dynamic_threshold(x0, self.dynamic_percentile, self.clip_x0)

@@ -2,7 +2,8 @@
 
 Our parameter names are diffusers' (``encoder.down_blocks.0.resnets.0.norm1.weight``), so a
 diffusers ``vae/`` folder loads as is; the CompVis names of standalone VAE files and full SD
-single files are mapped by :mod:`catdiff.io.vae_keys`.
+single files are mapped by :mod:`catdiff.io.vae_keys`. The diffusers config of the Encoder /
+Decoder shape is translated both ways here, for :mod:`catdiff.io.diffusers_autoencoders` too.
 
 Files are never unpickled: safetensors, or ``torch.load(weights_only=True, mmap=True)``. From a
 full SD single file only the ``first_stage_model.`` tensors are read. A file whose keys do not
@@ -36,11 +37,18 @@ from catdiff.io.vae_keys import (
     vae_state_from_compvis,
 )
 from catdiff.models import model_config
-from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig
+from catdiff.models.vae import AutoencoderKL, AutoencoderKLConfig, EncoderDecoderConfig
 
 __all__ = [
     "COMPVIS_PREFIX",
+    "DIFFUSERS_CONFIG",
+    "DIFFUSERS_VERSION",
+    "DIFFUSERS_WEIGHTS",
     "config_from_diffusers",
+    "config_to_diffusers",
+    "diffusers_weights_file",
+    "encoder_decoder_fields",
+    "encoder_decoder_to_diffusers",
     "infer_config",
     "load_vae",
     "read_vae_state",
@@ -64,6 +72,83 @@ _IGNORED_KEYS = frozenset({"model_ema.decay", "model_ema.num_updates"})
 
 # --- configs ------------------------------------------------------------------------------
 
+#: The ``_diffusers_version`` written into config files: the oldest diffusers (catdiff's test
+#: floor) that reads the folders catdiff writes.
+DIFFUSERS_VERSION = "0.30.0"
+#: The diffusers config values our Encoder / Decoder blocks build (:mod:`catdiff.models.vae`);
+#: diffusers fixes their GroupNorm epsilon at 1e-6 and has no dropout.
+_ENCODER_DECODER = {"act_fn": "silu", "mid_block_add_attention": True}
+_DOWN_BLOCK, _UP_BLOCK = "DownEncoderBlock2D", "UpDecoderBlock2D"
+_DIFFUSERS_NORM_EPS = 1e-6
+
+
+def encoder_decoder_fields(
+    config: Mapping[str, Any],
+    *,
+    source: Path | str,
+    what: str,
+    refusal: str,
+    latent_channels: int,
+    fixed: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The :class:`~catdiff.models.vae.EncoderDecoderConfig` fields of a diffusers ``AutoencoderKL``
+    or ``VQModel`` config (``what``), whose missing fields take diffusers' defaults
+    (``latent_channels``: the class's own). Other block types or activations, blocks without their
+    attention, or any ``fixed`` field set otherwise is refused in one line: ``refusal`` and them all."""
+    unsupported = []
+    if any(t != _DOWN_BLOCK for t in config.get("down_block_types", ())):
+        unsupported.append(f"down_block_types {config['down_block_types']}")
+    if any(t != _UP_BLOCK for t in config.get("up_block_types", ())):
+        unsupported.append(f"up_block_types {config['up_block_types']}")
+    for field, want in {**_ENCODER_DECODER, **fixed}.items():
+        if config.get(field, want) != want:
+            unsupported.append(f"{field}={config[field]!r}")
+    if unsupported:
+        raise UserError(f"{source}: {refusal} ({', '.join(unsupported)})")
+    try:
+        block_out_channels = tuple(int(c) for c in config.get("block_out_channels", (64,)))
+        fields = {
+            "in_channels": int(config.get("in_channels", 3)),
+            "out_channels": int(config.get("out_channels", 3)),
+            "latent_channels": int(config.get("latent_channels", latent_channels)),
+            "block_out_channels": block_out_channels,
+            "layers_per_block": int(config.get("layers_per_block", 1)),
+            "norm_groups": int(config.get("norm_num_groups", 32)),
+        }
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{source}: unusable {what} config: {error}") from None
+    for field in ("down_block_types", "up_block_types"):
+        if field in config and len(config[field]) != len(block_out_channels):
+            raise UserError(f"{source}: {len(config[field])} {field} for {len(block_out_channels)} block_out_channels")
+    return fields
+
+
+def encoder_decoder_to_diffusers(config: EncoderDecoderConfig, what: str) -> dict[str, Any]:
+    """The diffusers config fields of our Encoder / Decoder shape (the inverse of
+    :func:`encoder_decoder_fields`), for a ``what`` (``AutoencoderKL``, ``VQModel``) folder; a
+    GroupNorm epsilon other than diffusers' is refused. Dropout, a training setting that diffusers'
+    blocks lack, is not written."""
+    if config.norm_eps != _DIFFUSERS_NORM_EPS:
+        raise UserError(f"a diffusers {what} has GroupNorm eps {_DIFFUSERS_NORM_EPS}, not {config.norm_eps}")
+    levels = len(config.block_out_channels)
+    return {
+        "_class_name": what,
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "latent_channels": config.latent_channels,
+        "block_out_channels": list(config.block_out_channels),
+        "layers_per_block": config.layers_per_block,
+        "norm_num_groups": config.norm_groups,
+        "down_block_types": [_DOWN_BLOCK] * levels,
+        "up_block_types": [_UP_BLOCK] * levels,
+        **_ENCODER_DECODER,
+    }
+
+
+#: The diffusers AutoencoderKL settings of SD-1.x's VAE beyond its Encoder / Decoder shape.
+_KL_FIXED = {"use_quant_conv": True, "use_post_quant_conv": True, "shift_factor": None}
+
 
 def config_from_diffusers(config: Mapping[str, Any], *, source: Path | str = "config.json") -> AutoencoderKLConfig:
     """Our config from a diffusers ``AutoencoderKL`` ``config.json``; other VAE kinds are refused.
@@ -73,38 +158,27 @@ def config_from_diffusers(config: Mapping[str, Any], *, source: Path | str = "co
     name = config.get("_class_name", "AutoencoderKL")
     if name != "AutoencoderKL":
         raise UserError(f"{source} describes a diffusers {name}, not an AutoencoderKL")
-    unsupported = []
-    if any(t != "DownEncoderBlock2D" for t in config.get("down_block_types", ())):
-        unsupported.append(f"down_block_types {config['down_block_types']}")
-    if any(t != "UpDecoderBlock2D" for t in config.get("up_block_types", ())):
-        unsupported.append(f"up_block_types {config['up_block_types']}")
-    for field, want in (
-        ("act_fn", "silu"),
-        ("use_quant_conv", True),
-        ("use_post_quant_conv", True),
-        ("mid_block_add_attention", True),
-        ("shift_factor", None),
-    ):
-        if config.get(field, want) != want:
-            unsupported.append(f"{field}={config[field]!r}")
-    if unsupported:
-        raise UserError(f"{source}: this VAE is not SD-1.x-shaped ({', '.join(unsupported)})")
-    block_out_channels = tuple(config.get("block_out_channels", (64,)))
-    for field in ("down_block_types", "up_block_types"):
-        if field in config and len(config[field]) != len(block_out_channels):
-            raise UserError(f"{source}: {len(config[field])} {field} for {len(block_out_channels)} block_out_channels")
+    fields = encoder_decoder_fields(
+        config,
+        source=source,
+        what="AutoencoderKL",
+        refusal="this VAE is not SD-1.x-shaped",
+        latent_channels=4,
+        fixed=_KL_FIXED,
+    )
     try:
-        return AutoencoderKLConfig(
-            in_channels=int(config.get("in_channels", 3)),
-            out_channels=int(config.get("out_channels", 3)),
-            latent_channels=int(config.get("latent_channels", 4)),
-            block_out_channels=block_out_channels,
-            layers_per_block=int(config.get("layers_per_block", 1)),
-            norm_groups=int(config.get("norm_num_groups", 32)),
-            scaling_factor=float(config.get("scaling_factor", 0.18215)),
-        )
+        return AutoencoderKLConfig(**fields, scaling_factor=float(config.get("scaling_factor", 0.18215)))
     except (TypeError, ValueError) as error:
         raise UserError(f"{source}: unusable AutoencoderKL config: {error}") from None
+
+
+def config_to_diffusers(config: AutoencoderKLConfig) -> dict[str, Any]:
+    """The diffusers ``AutoencoderKL`` ``config.json`` of our config (read back by :func:`config_from_diffusers`)."""
+    return {
+        **encoder_decoder_to_diffusers(config, "AutoencoderKL"),
+        **_KL_FIXED,
+        "scaling_factor": config.scaling_factor,
+    }
 
 
 def infer_config(
@@ -203,12 +277,19 @@ def _build(
     return load_state_strict(model, state, source, what="the VAE", name=name, dtype=dtype, assign=True).eval()
 
 
-def _load_diffusers_folder(
-    folder: Path, raw: Mapping[str, Any], config: AutoencoderKLConfig | None, dtype: torch.dtype
-) -> AutoencoderKL:
+def diffusers_weights_file(folder: Path) -> Path:
+    """The weights file of a diffusers model folder (safetensors, fp16 safetensors or the ``.bin``
+    of ``save_pretrained(safe_serialization=False)``, which is read weights-only)."""
     weights = next((folder / n for n in DIFFUSERS_WEIGHTS if (folder / n).is_file()), None)
     if weights is None:
         raise UserError(f"{folder} has no weights file (expected {DIFFUSERS_WEIGHTS[0]})")
+    return weights
+
+
+def _load_diffusers_folder(
+    folder: Path, raw: Mapping[str, Any], config: AutoencoderKLConfig | None, dtype: torch.dtype
+) -> AutoencoderKL:
+    weights = diffusers_weights_file(folder)
     config = config or config_from_diffusers(raw, source=folder / DIFFUSERS_CONFIG)
     return _build(config, fix_old_diffusers_attention(read_state_file(weights)), weights, dtype=dtype)
 

@@ -30,6 +30,7 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "build_model",
+    "canonical_config",
     "model_config",
     "model_settings",
 ]
@@ -53,6 +54,16 @@ def model_settings(config: dict[str, Any]) -> tuple[type[nn.Module], Any]:
         raise UserError(f"unknown model type {kind!r}; choose one of {', '.join(sorted(_MODELS))}")
     model_cls, config_cls = _MODELS[kind]
     return model_cls, validate(config_cls, fields, f"{kind} model config")
+
+
+def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every field spelled out (defaults too, tuples as lists), so that two
+    configs of the same model compare equal whatever fields were left out when written."""
+    _, settings = model_settings(config)
+    fields = {
+        name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(settings).items()
+    }
+    return {"type": config["type"], **fields}
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -66,14 +67,27 @@ class ResBlock(nn.Module):
 
     h = conv1(SiLU(GN(x)));  h = GN(h) * (1 + s) + b with [s, b] = Linear(SiLU(emb));
     out = skip(x) + conv2(dropout(SiLU(h))), conv2 zero-initialised so the block starts as skip.
+    With ``scale_shift=False`` the embedding is added instead, h = GN(h + Linear(SiLU(emb)))
+    (DDPM, Ho et al. 2020).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, *, groups: int, dropout: float) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_dim: int,
+        *,
+        groups: int,
+        dropout: float,
+        scale_shift: bool = True,
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.scale_shift = scale_shift
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)
-        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.emb_proj = nn.Linear(emb_dim, (2 if scale_shift else 1) * out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -84,8 +98,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
+        projected = self.emb_proj(F.silu(emb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = projected.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + projected)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -104,16 +122,18 @@ class ResAttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W: a stride-2 3x3 conv, or 2x2 average pooling."""
+    """Halve H and W: a stride-2 3x3 conv, or 2x2 average pooling. ``padding=0`` pads the
+    conv's input by one row and column at the bottom and right only (DDPM's released models)."""
 
-    def __init__(self, channels: int, *, with_conv: bool) -> None:
+    def __init__(self, channels: int, *, with_conv: bool, padding: int = 1) -> None:
         super().__init__()
+        self.pad = (0, 1, 0, 1) if with_conv and padding == 0 else None
         self.op: nn.Module = nn.AvgPool2d(2)
         if with_conv:
-            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.op(x)
+        return self.op(x if self.pad is None else F.pad(x, self.pad))
 
 
 class Upsample(nn.Module):
@@ -159,6 +179,14 @@ class UNetConfig:
     groups: int = 32
     conv_resample: bool = True
     augment_dim: int = 0
+    # The variants of DDPM's released models (Ho et al. 2020; diffusers' UNet2DModel options):
+    # the time embedding added, not as scale and shift; sin-first sinusoids with a frequency
+    # shift; GroupNorm's eps; a stride-2 conv padded at the bottom and right only (padding 0).
+    scale_shift: bool = True
+    cos_first: bool = True
+    freq_shift: float = 0.0
+    norm_eps: float = 1e-5
+    downsample_padding: Literal[0, 1] = 1
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)
@@ -189,7 +217,15 @@ class UNet(nn.Module):
             self.augment_embedding = nn.Linear(cfg.augment_dim, emb_dim, bias=False)
 
         def block(c_in: int, c_out: int, attn: bool) -> ResAttnBlock:
-            res = ResBlock(c_in, c_out, emb_dim, groups=cfg.groups, dropout=cfg.dropout)
+            res = ResBlock(
+                c_in,
+                c_out,
+                emb_dim,
+                groups=cfg.groups,
+                dropout=cfg.dropout,
+                scale_shift=cfg.scale_shift,
+                eps=cfg.norm_eps,
+            )
             return ResAttnBlock(res, self._attention(c_out) if attn else None)
 
         self.conv_in = nn.Conv2d(cfg.in_channels, c0, 3, padding=1)
@@ -206,7 +242,7 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
             down = None
             if level != last:
-                down = Downsample(ch, with_conv=cfg.conv_resample)
+                down = Downsample(ch, with_conv=cfg.conv_resample, padding=cfg.downsample_padding)
                 skip_channels.append(ch)
             self.down.append(_Level(blocks, down))
 
@@ -224,14 +260,16 @@ class UNet(nn.Module):
             up = Upsample(ch, with_conv=cfg.conv_resample) if level != 0 else None
             self.up.append(_Level(blocks, up))
 
-        self.norm_out = nn.GroupNorm(cfg.groups, ch)
+        self.norm_out = nn.GroupNorm(cfg.groups, ch, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
     def _attention(self, channels: int) -> SelfAttention2d:
         num_heads = max(1, channels // self.config.attention_head_dim)
-        return SelfAttention2d(channels, num_heads=num_heads, groups=self.config.groups, zero_init=True)
+        return SelfAttention2d(
+            channels, num_heads=num_heads, groups=self.config.groups, eps=self.config.norm_eps, zero_init=True
+        )
 
     def without_augmentation(self) -> UNet:
         """This network without its augmentation condition: the same function at sampling, and
@@ -250,7 +288,10 @@ class UNet(nn.Module):
             raise ValueError(f"height and width must be divisible by {factor}, got {tuple(x_t.shape)}")
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        cfg = self.config
+        emb = self.time_mlp(
+            timestep_embedding(t, cfg.base_channels, cos_first=cfg.cos_first, freq_shift=cfg.freq_shift)
+        )
         if augment is not None:
             emb = emb + self.augment_embedding(augment.to(emb.dtype))
 

@@ -23,18 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AutoencoderKL", "AutoencoderKLConfig", "DiagonalGaussian"]
+__all__ = ["AutoencoderKL", "AutoencoderKLConfig", "Decoder", "DiagonalGaussian", "Encoder", "EncoderDecoderConfig"]
 
 
 @dataclass
-class AutoencoderKLConfig:
-    """Shape of an :class:`AutoencoderKL`; the defaults are SD-1.x's VAE (about 84M parameters).
+class EncoderDecoderConfig:
+    """Shape of the :class:`Encoder` / :class:`Decoder` pair, shared by :class:`AutoencoderKL` and the
+    VQ autoencoder of :mod:`catdiff.models.vq`; the defaults are SD-1.x's VAE.
 
     ``block_out_channels[i]`` is the width of resolution level ``i``; every level but the last
     halves the resolution, so the down-sampling factor is ``2 ** (len(block_out_channels) - 1)``.
     The decoder has ``layers_per_block + 1`` residual blocks per level. Every width must be a
-    multiple of ``norm_groups``. ``scaling_factor`` maps the latents to about unit variance for
-    diffusion (0.18215 for SD-1.x).
+    multiple of ``norm_groups``. ``latent_channels`` is the decoder's input width.
     """
 
     in_channels: int = 3
@@ -45,7 +45,6 @@ class AutoencoderKLConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     dropout: float = 0.0
-    scaling_factor: float = 0.18215
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)  # JSON gives lists
@@ -60,6 +59,16 @@ class AutoencoderKLConfig:
     @property
     def downsampling_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class AutoencoderKLConfig(EncoderDecoderConfig):
+    """Shape of an :class:`AutoencoderKL` (:class:`EncoderDecoderConfig`); the defaults are SD-1.x's
+    VAE (about 84M parameters). ``scaling_factor`` maps the latents to about unit variance for
+    diffusion (0.18215 for SD-1.x).
+    """
+
+    scaling_factor: float = 0.18215
 
 
 class DiagonalGaussian:
@@ -201,9 +210,10 @@ class MidBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Images ``[N, in, H, W]`` -> moments ``[N, 2 * latent, H / f, W / f]``."""
+    """Images ``[N, in, H, W]`` -> ``[N, out_channels, H / f, W / f]`` (AutoencoderKL's posterior
+    moments, ``2 * latent_channels``; the VQ autoencoder's latents, ``latent_channels``)."""
 
-    def __init__(self, config: AutoencoderKLConfig) -> None:
+    def __init__(self, config: EncoderDecoderConfig, out_channels: int) -> None:
         super().__init__()
         c = config
         norm = dict(groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout)
@@ -216,7 +226,7 @@ class Encoder(nn.Module):
         self.mid_block = MidBlock(widths[-1], **norm)
         self.conv_norm_out = nn.GroupNorm(c.norm_groups, widths[-1], eps=c.norm_eps)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(widths[-1], 2 * c.latent_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(x)
@@ -233,7 +243,7 @@ class Decoder(nn.Module):
     ``layers_per_block + 1`` ResNet blocks and, except the last, an up-sampler.
     """
 
-    def __init__(self, config: AutoencoderKLConfig) -> None:
+    def __init__(self, config: EncoderDecoderConfig) -> None:
         super().__init__()
         c = config
         norm = dict(groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout)
@@ -270,7 +280,7 @@ class AutoencoderKL(nn.Module):
     def __init__(self, config: AutoencoderKLConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or AutoencoderKLConfig()
-        self.encoder = Encoder(config)
+        self.encoder = Encoder(config, 2 * config.latent_channels)
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
         self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)

@@ -6,8 +6,10 @@ Two layouts are read (Rombach et al. 2022 published the first, diffusers the sec
   in the same layout): ``model.diffusion_model.*`` (U-Net), ``first_stage_model.*`` (VAE),
   ``cond_stage_model.transformer.*`` (CLIP text encoder); every other entry (EMA copies, the
   schedule's buffers) is ignored;
-- a diffusers folder: ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/`` and, when
-  present, ``scheduler/scheduler_config.json`` for the noise schedule.
+- a diffusers folder: ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/`` (each part's
+  weights as safetensors, or as the ``.bin`` of ``save_pretrained(safe_serialization=False)``,
+  read weights-only) and, when present, ``scheduler/scheduler_config.json`` for the noise
+  schedule; its ``tokenizer/`` is read by :mod:`catdiff.sd.tokenizer`.
 
 Memory: modules are built on the meta device and take the file's tensors themselves
 (:func:`catdiff.io.state_dicts.load_state_strict`); safetensors and ``.ckpt`` files are memory-mapped,
@@ -56,7 +58,11 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = COMPVIS_PREFIX
 TEXT_PREFIX = "cond_stage_model.transformer."
 DIFFUSERS_WEIGHTS = {
-    "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"),
+    "unet": (
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+    ),
     "text_encoder": ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin"),
 }
 REFUSAL = "catdiff runs SD-1.x text-to-image checkpoints only"

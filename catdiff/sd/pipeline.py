@@ -32,7 +32,7 @@ from catdiff.pipeline import Pipeline, sdedit_steps
 from catdiff.precision import PRECISIONS, Precision
 from catdiff.sd.checkpoint import load_stable_diffusion
 from catdiff.sd.text_encoder import CLIPTextEncoder
-from catdiff.sd.tokenizer import CLIPTokenizer, open_clip_vocabulary
+from catdiff.sd.tokenizer import CLIPTokenizer, clip_vocabulary
 from catdiff.sd.unet import SDUNet
 
 __all__ = ["StableDiffusion"]
@@ -64,10 +64,15 @@ class StableDiffusion:
         cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> StableDiffusion:
         """A CompVis single file or diffusers folder (:func:`~catdiff.sd.checkpoint.load_stable_diffusion`)
-        with CLIP's tokenizer; the weights in ``dtype`` on ``device``."""
-        vocabulary = open_clip_vocabulary()  # before the long load: a missing vocabulary fails fast
+        with CLIP's tokenizer: a diffusers folder's own ``tokenizer/`` when it has one, else
+        OpenAI's vocabulary from open_clip's wheel; the weights in ``dtype`` on ``device``."""
+        path = Path(path)
+        # before the long load: a missing or broken vocabulary fails fast
+        vocabulary = clip_vocabulary(path / "tokenizer" if path.is_dir() else None)
         models = load_stable_diffusion(path, dtype=dtype)
-        tokenizer = CLIPTokenizer.from_vocabulary_file(vocabulary, models.text_encoder.config.context_length)
+        if max(vocabulary.tokens.values()) >= models.text_encoder.config.vocab_size:
+            raise UserError(f"{path}: the tokenizer's vocabulary is larger than the text encoder's")
+        tokenizer = CLIPTokenizer.from_vocabulary(vocabulary, models.text_encoder.config.context_length)
         return cls(
             models.unet.to(device), models.vae.to(device), models.text_encoder.to(device), tokenizer, models.schedule
         )

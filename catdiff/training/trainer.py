@@ -42,7 +42,7 @@ from catdiff.io.checkpoints import (
     save_checkpoint,
 )
 from catdiff.io.state_dicts import load_state_strict
-from catdiff.models import NULL_CLASS, build_model, model_config
+from catdiff.models import NULL_CLASS, build_model, canonical_config, model_config
 from catdiff.pipeline import GUIDE_DIR, write_network
 from catdiff.training.augment import AUGMENT_DIM, augment, with_augmentation
 from catdiff.training.budget import Clock, finished, learning_rate_factor, run_progress
@@ -239,7 +239,8 @@ class Trainer:
         path = found[-1]
         saved, ours = read_config(path), json.loads(json.dumps(self.run_config))
         task_keys = self.task.config().keys()
-        if saved["model"] != ours["model"] or any(saved.get(k) != ours[k] for k in task_keys):
+        same_model = canonical_config(saved["model"]) == canonical_config(ours["model"])
+        if not same_model or any(saved.get(k) != ours[k] for k in task_keys):
             raise UserError(f"cannot resume {path}: its model or {'/'.join(task_keys)} config differs from this run's")
         state = read_training_state(path)
         load_state_strict(self.accelerator.unwrap_model(self.network), read_weights(path, ema=False), path)
