@@ -228,13 +228,14 @@ class Pipeline:
 
     @classmethod
     def from_folder(cls, path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
-        """Load a pipeline folder, a diffusers pipeline folder, a model folder, a training
-        checkpoint, or a run's newest checkpoint."""
+        """Load a bundled model by name (``"cats"``), a pipeline folder, a diffusers pipeline
+        folder, a model folder, a training checkpoint, or a run's newest checkpoint."""
         from catdiff.io.diffusers_pipeline import is_diffusers_folder, load_diffusers_pipeline
 
-        if is_diffusers_folder(Path(path)):
-            return load_diffusers_pipeline(Path(path)).to(device)
-        weights, config, home = read_model(Path(path))
+        path = pipeline_folder(path)
+        if is_diffusers_folder(path):
+            return load_diffusers_pipeline(path).to(device)
+        weights, config, home = read_model(path)
         network, _ = load_network(weights, ema=ema)
         channels = getattr(getattr(network, "config", None), "in_channels", config["sample_shape"][0])
         if config["sample_shape"][0] != channels:
