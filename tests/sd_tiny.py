@@ -7,12 +7,25 @@ catdiff loads them through the same paths a user's checkpoint takes.
 
 The shapes are chosen so a single file's config can be read back from its weights as for
 SD-1.x: 8 attention heads per U-Net level, 32 GroupNorm groups, one text head per 64 channels.
+
+Reference code whose package imports more than its tested path needs (open_clip and
+k-diffusion import torchvision, which cannot be installed beside this PyTorch) is imported with
+inert stand-ins for the packages that are missing (:func:`imported_with_stand_ins`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
+import sys
+import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -131,3 +144,61 @@ def write_single_file(path: Path, state: dict[str, Tensor]) -> Path:
     else:
         torch.save({"state_dict": state, "global_step": 470000}, path)
     return path
+
+
+class _Inert(type):
+    """Every attribute of a stand-in class is the class again: enough for module-level imports,
+    defaults and decorators that name it; calling it fails loudly."""
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return cls
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a stand-in for a missing package was used: {cls.__name__}")
+
+
+class _StandInModule(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Inert(name, (), {})
+
+
+class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports any module of the ``packages`` (top-level names) as a stand-in module, with the
+    given attributes on the top-level one."""
+
+    def __init__(self, packages: Mapping[str, Mapping[str, Any]]) -> None:
+        self.packages = packages
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name.split(".")[0] in self.packages:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = _StandInModule(spec.name)
+        module.__dict__.update(self.packages.get(spec.name, {}))
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__path__ = []
+
+
+@contextlib.contextmanager
+def imported_with_stand_ins(name: str, packages: Mapping[str, Mapping[str, Any]]) -> Iterator[types.ModuleType]:
+    """Module ``name``, imported where each of ``packages`` that is not installed is a stand-in
+    (with the attributes given for it). On exit the stand-ins and every module of ``name``'s
+    package leave ``sys.modules``, so nothing else sees them."""
+    missing = {package: attributes for package, attributes in packages.items() if not importlib.util.find_spec(package)}
+    finder = _StandInFinder(missing)
+    roots = {name.split(".")[0], *missing}
+    sys.meta_path.insert(0, finder)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.meta_path.remove(finder)
+        for module in [m for m in sys.modules if m.split(".")[0] in roots]:
+            del sys.modules[module]

@@ -234,4 +234,25 @@ def test_the_bundled_cats_export_to_diffusers_and_readmes_code_samples_them(tmp_
     ours = cats.sample(
         1, seed=0, condition=cats.autoguidance(1.0), sampler="dpmpp_2m", spacing="trailing", precision="fp32"
     )
-    assert (theirs - ours).abs().max() <= 1e-3
+    difference = (theirs - ours).abs().max().item()
+    assert difference <= 1e-4, difference
+
+
+def test_an_ldm_pipeline_folder_samples_as_diffusers_ldm_pipeline(tmp_path: Path) -> None:
+    """The layout of CompVis/ldm-celebahq-256: UNet2DModel + VQModel + DDIMScheduler."""
+    torch.manual_seed(0)
+    vqvae = diffusers.VQModel(
+        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=3, num_vq_embeddings=32, norm_num_groups=8,
+    ).eval()  # fmt: skip
+    scheduler = diffusers.DDIMScheduler(beta_schedule="linear", beta_start=0.0015, beta_end=0.0195, clip_sample=False)
+    unet = random_unet(LAYOUTS["ldm-celebahq-256"], size=16)
+    diffusers.LDMPipeline(vqvae=vqvae, unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "ldm")
+    theirs = diffusers.LDMPipeline.from_pretrained(tmp_path / "ldm")(
+        generator=torch.Generator().manual_seed(3), num_inference_steps=8, output_type="np"
+    ).images[0]
+    pipeline = Pipeline.from_folder(tmp_path / "ldm")
+    assert pipeline.sampling == {"sampler": "ddim", "steps": 50, "spacing": "leading"}
+    ours = pipeline.sample(1, seed=3, steps=8, precision="fp32")[0].permute(1, 2, 0).numpy()
+    difference = np.abs((ours + 1) / 2 - theirs).max()
+    assert difference <= 1e-4, difference

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -38,7 +38,10 @@ class ScheduleConfig(TypedDict, total=False):
     beta_end: float
 
 
-def alpha_bar(sigma: float | Tensor) -> float | Tensor:
+Level = TypeVar("Level", float, Tensor)  # a noise level: a number, or a tensor of them
+
+
+def alpha_bar(sigma: Level) -> Level:
     """The VP ``alpha-bar`` of a VE noise level: ``1 / (1 + sigma^2)`` (1 at sigma 0)."""
     return 1 / (1 + sigma**2)
 

@@ -132,8 +132,7 @@ def _vq_model(folder: Path, config: Mapping[str, Any]) -> VQAutoencoder:
     state = fix_old_diffusers_attention(read_state_file(weights))
     with torch.device("meta"):
         model = VQAutoencoder(ours)
-    what = "the VQ autoencoder"
-    return load_state_strict(model, state, weights, what=what, dtype=torch.float32, assign=True).eval()
+    return load_state_strict(model, state, weights, what="the VQ autoencoder", dtype=torch.float32, assign=True).eval()
 
 
 _READERS: dict[str, Callable[[Path, Mapping[str, Any]], AutoencoderModule]] = {

@@ -89,7 +89,6 @@ def save_diffusers_pipeline(pipeline: Pipeline, folder: Path, diffusion: dict[st
     ``folder`` as diffusers parts: ``unet/`` (UNet2DModel), ``scheduler/`` and, for a latent
     model, ``vae/``; ``model_index.json`` for a pixel model (DDPMPipeline)."""
     from catdiff.io.diffusers_autoencoders import save_diffusers_autoencoder
-
     from catdiff.models import UNet
 
     network = getattr(pipeline.network, "_orig_mod", pipeline.network)
@@ -107,9 +106,12 @@ def save_diffusers_pipeline(pipeline: Pipeline, folder: Path, diffusion: dict[st
     scheduler = scheduler_config(diffusion, pipeline.sampling)
     (folder / SCHEDULER).mkdir(exist_ok=True)
     write_json(folder / SCHEDULER / SCHEDULER_CONFIG, scheduler)
-    if pipeline.autoencoder is not None:
-        save_diffusers_autoencoder(pipeline.autoencoder, folder / "vae")
+    index = {UNET: ["diffusers", "UNet2DModel"], SCHEDULER: ["diffusers", scheduler["_class_name"]]}
+    if pipeline.autoencoder is None:
+        write_json(folder / MODEL_INDEX, {"_class_name": "DDPMPipeline", **index})
+    elif pipeline.autoencoder.kind == "vq_autoencoder":  # an LDMPipeline's
+        save_diffusers_autoencoder(pipeline.autoencoder, folder / "vqvae")
+        write_json(folder / MODEL_INDEX, {"_class_name": "LDMPipeline", **index, "vqvae": ["diffusers", "VQModel"]})
     else:
-        index = {"_class_name": "DDPMPipeline", UNET: ["diffusers", "UNet2DModel"], SCHEDULER: ["diffusers", scheduler["_class_name"]]}  # fmt: skip
-        write_json(folder / MODEL_INDEX, index)
+        save_diffusers_autoencoder(pipeline.autoencoder, folder / "vae")
     return folder

@@ -8,7 +8,7 @@ gives that dict back. Nothing here opens a file.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -79,5 +79,5 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     """The ``build_model`` dict of a model (tuples stay tuples here; JSON makes them lists)."""
     for kind, (model_cls, _) in _MODELS.items():
         if type(model) is model_cls:
-            return {"type": kind, **dataclasses.asdict(model.config)}
+            return {"type": kind, **dataclasses.asdict(cast(Any, model).config)}
     raise ValueError(f"{type(model).__name__} is not one of {sorted(_MODELS)}")

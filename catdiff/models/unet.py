@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -90,8 +90,8 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        for parameter in self.conv2.parameters():
+            nn.init.zeros_(parameter)
         self.skip: nn.Module = nn.Identity()
         if in_channels != out_channels:
             self.skip = nn.Conv2d(in_channels, out_channels, 1)
@@ -262,8 +262,8 @@ class UNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(cfg.groups, ch, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        for parameter in self.conv_out.parameters():
+            nn.init.zeros_(parameter)
 
     def _attention(self, channels: int) -> SelfAttention2d:
         num_heads = max(1, channels // self.config.attention_head_dim)
@@ -297,7 +297,7 @@ class UNet(nn.Module):
 
         h = self.conv_in(x_t)
         skips = [h]
-        for level in self.down:
+        for level in cast("list[_Level]", self.down):
             for blk in level.blocks:
                 h = blk(h, emb)
                 skips.append(h)
@@ -305,7 +305,7 @@ class UNet(nn.Module):
                 h = level.resample(h)
                 skips.append(h)
         h = self.mid_out(self.mid_in(h, emb), emb)
-        for level in self.up:
+        for level in cast("list[_Level]", self.up):
             for blk in level.blocks:
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
             if level.resample is not None:

@@ -16,6 +16,7 @@ attention weights transposed).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -129,13 +130,13 @@ class SeedUNet(nn.Module):
         h = self.conv_in(torch.cat([x_t, emb], dim=1))
 
         skips = []
-        for level in self.down:
+        for level in cast("list[_SeedLevel]", self.down):
             for blk in level.blocks:
                 h = blk(h)
             h = level.resample(h)
             skips.append(h)
         h = self.mid(h)
-        for level in self.up:
+        for level in cast("list[_SeedLevel]", self.up):
             h = level.resample(torch.cat([h, skips.pop()], dim=1))
             for blk in level.blocks:
                 h = blk(h)

@@ -17,13 +17,23 @@ latents and ``decode`` takes unscaled latents, as in the papers and in diffusers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AutoencoderKL", "AutoencoderKLConfig", "Decoder", "DiagonalGaussian", "Encoder", "EncoderDecoderConfig"]
+__all__ = [
+    "AutoencoderKL",
+    "AutoencoderKLConfig",
+    "Decoder",
+    "DiagonalGaussian",
+    "Encoder",
+    "EncoderDecoderConfig",
+    "LatentAutoencoder",
+]
 
 
 @dataclass
@@ -35,6 +45,7 @@ class EncoderDecoderConfig:
     halves the resolution, so the down-sampling factor is ``2 ** (len(block_out_channels) - 1)``.
     The decoder has ``layers_per_block + 1`` residual blocks per level. Every width must be a
     multiple of ``norm_groups``. ``latent_channels`` is the decoder's input width.
+    ``scaling_factor`` maps the latents to about unit variance for diffusion (0.18215 for SD-1.x).
     """
 
     in_channels: int = 3
@@ -45,6 +56,7 @@ class EncoderDecoderConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     dropout: float = 0.0
+    scaling_factor: float = 0.18215
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)  # JSON gives lists
@@ -63,12 +75,8 @@ class EncoderDecoderConfig:
 
 @dataclass
 class AutoencoderKLConfig(EncoderDecoderConfig):
-    """Shape of an :class:`AutoencoderKL` (:class:`EncoderDecoderConfig`); the defaults are SD-1.x's
-    VAE (about 84M parameters). ``scaling_factor`` maps the latents to about unit variance for
-    diffusion (0.18215 for SD-1.x).
-    """
-
-    scaling_factor: float = 0.18215
+    """Shape of an :class:`AutoencoderKL` (the fields of :class:`EncoderDecoderConfig`); the defaults
+    are SD-1.x's VAE (about 84M parameters)."""
 
 
 class DiagonalGaussian:
@@ -199,8 +207,9 @@ class MidBlock(nn.Module):
 
     def __init__(self, channels: int, *, groups: int, eps: float, dropout: float) -> None:
         super().__init__()
-        norm = dict(groups=groups, eps=eps, dropout=dropout)
-        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, **norm), ResnetBlock(channels, channels, **norm)])
+        self.resnets = nn.ModuleList(
+            [ResnetBlock(channels, channels, groups=groups, eps=eps, dropout=dropout) for _ in range(2)]
+        )
         self.attentions = nn.ModuleList([Attention(channels, groups=groups, eps=eps)])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -216,7 +225,7 @@ class Encoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig, out_channels: int) -> None:
         super().__init__()
         c = config
-        norm = dict(groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout)
+        norm: dict[str, Any] = dict(groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout)
         widths = c.block_out_channels
         self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
@@ -246,7 +255,7 @@ class Decoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig) -> None:
         super().__init__()
         c = config
-        norm = dict(groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout)
+        norm: dict[str, Any] = dict(groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout)
         widths = tuple(reversed(c.block_out_channels))
         self.conv_in = nn.Conv2d(c.latent_channels, widths[0], 3, padding=1)
         self.mid_block = MidBlock(widths[0], **norm)
@@ -265,7 +274,27 @@ class Decoder(nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
 
-class AutoencoderKL(nn.Module):
+class LatentAutoencoder(nn.Module):
+    """What :class:`AutoencoderKL` and :class:`catdiff.models.vq.VQAutoencoder` share: a ``config``
+    (:class:`EncoderDecoderConfig`) and ``decode`` of unscaled latents, hence ``decode_latents``."""
+
+    config: EncoderDecoderConfig
+    decode: Callable[[Tensor], Tensor]  # unscaled latents -> images, the subclass's own
+
+    @property
+    def downsampling_factor(self) -> int:
+        return self.config.downsampling_factor
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.config.scaling_factor
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Diffusion-ready latents -> images in about [-1, 1] (divides by ``scaling_factor`` first)."""
+        return self.decode(latents / self.config.scaling_factor)
+
+
+class AutoencoderKL(LatentAutoencoder):
     """The KL-regularised autoencoder of latent diffusion (SD-1.x's VAE with the default config).
 
     ``encode(images) -> DiagonalGaussian`` over unscaled latents; ``decode(latents) -> images``.
@@ -289,14 +318,6 @@ class AutoencoderKL(nn.Module):
     def latent_channels(self) -> int:
         return self.config.latent_channels
 
-    @property
-    def downsampling_factor(self) -> int:
-        return self.config.downsampling_factor
-
-    @property
-    def scaling_factor(self) -> float:
-        return self.config.scaling_factor
-
     def encode(self, images: Tensor) -> DiagonalGaussian:
         """Images ``[N, 3, H, W]`` in [-1, 1] -> posterior over latents ``[N, 4, H/f, W/f]`` (unscaled)."""
         return DiagonalGaussian(self.quant_conv(self.encoder(images)))
@@ -313,10 +334,6 @@ class AutoencoderKL(nn.Module):
         posterior = self.encode(images)
         z = posterior.sample(generator) if sample else posterior.mode()
         return z * self.config.scaling_factor
-
-    def decode_latents(self, latents: Tensor) -> Tensor:
-        """Diffusion-ready latents -> images in about [-1, 1] (divides by ``scaling_factor`` first)."""
-        return self.decode(latents / self.config.scaling_factor)
 
     def forward(
         self, images: Tensor, *, sample_posterior: bool = True, generator: torch.Generator | None = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from catdiff.models.vae import Decoder, Encoder, EncoderDecoderConfig
+from catdiff.models.vae import Decoder, Encoder, EncoderDecoderConfig, LatentAutoencoder
 
 __all__ = ["VQAutoencoder", "VQAutoencoderConfig", "VectorQuantizer"]
 
@@ -30,14 +30,14 @@ class VQAutoencoderConfig(EncoderDecoderConfig):
     """Shape of a :class:`VQAutoencoder`: an :class:`EncoderDecoderConfig` (defaults: the VQ-f4 of
     ``CompVis/ldm-celebahq-256``) and a codebook of ``num_vq_embeddings`` vectors of
     ``vq_embed_dim`` channels (``latent_channels`` when not given), the channels of the latents a
-    denoiser sees. ``scaling_factor`` is diffusers' ``VQModel`` default, which that folder keeps.
+    denoiser sees. ``scaling_factor`` keeps diffusers' ``VQModel`` default, which that folder does
+    not override.
     """
 
     latent_channels: int = 3
     block_out_channels: tuple[int, ...] = (128, 256, 512)
     num_vq_embeddings: int = 8192
     vq_embed_dim: int | None = None
-    scaling_factor: float = 0.18215
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,17 +58,20 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(num_embeddings, dim)
 
     def indices(self, z: Tensor) -> Tensor:
-        """``[N, D, h, w]`` -> the index of each position's nearest codebook vector, ``[N, h, w]``."""
+        """``[N, D, h, w]`` -> the index of each position's nearest codebook vector, ``[N, h, w]``;
+        distances in float32 whatever the dtype, so that half precision does not pick other codes."""
         n, d, h, w = z.shape
-        vectors = z.permute(0, 2, 3, 1).reshape(-1, d)
-        return torch.cdist(vectors, self.embedding.weight).argmin(dim=1).view(n, h, w)
+        vectors = z.permute(0, 2, 3, 1).reshape(-1, d).float()
+        return torch.cdist(vectors, self.embedding.weight.float()).argmin(dim=1).view(n, h, w)
 
     def forward(self, z: Tensor) -> Tensor:
         """``[N, D, h, w]`` -> the same shape, every position replaced by its codebook vector."""
         return self.embedding(self.indices(z)).permute(0, 3, 1, 2)
 
 
-class VQAutoencoder(nn.Module):
+class VQAutoencoder(LatentAutoencoder):
+    config: VQAutoencoderConfig
+
     """Images <-> latents through a codebook (the LDM first stage with vector quantisation).
 
     ``encode(images)`` -> unquantised latents ``[N, vq_embed_dim, H/f, W/f]``;
@@ -82,23 +85,16 @@ class VQAutoencoder(nn.Module):
     def __init__(self, config: VQAutoencoderConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or VQAutoencoderConfig()
+        dim = self.latent_channels
         self.encoder = Encoder(config, config.latent_channels)
-        self.quant_conv = nn.Conv2d(config.latent_channels, config.vq_embed_dim, 1)
-        self.quantize = VectorQuantizer(config.num_vq_embeddings, config.vq_embed_dim)
-        self.post_quant_conv = nn.Conv2d(config.vq_embed_dim, config.latent_channels, 1)
+        self.quant_conv = nn.Conv2d(config.latent_channels, dim, 1)
+        self.quantize = VectorQuantizer(config.num_vq_embeddings, dim)
+        self.post_quant_conv = nn.Conv2d(dim, config.latent_channels, 1)
         self.decoder = Decoder(config)
 
     @property
     def latent_channels(self) -> int:
-        return self.config.vq_embed_dim
-
-    @property
-    def downsampling_factor(self) -> int:
-        return self.config.downsampling_factor
-
-    @property
-    def scaling_factor(self) -> float:
-        return self.config.scaling_factor
+        return self.config.vq_embed_dim or self.config.latent_channels
 
     def encode(self, images: Tensor) -> Tensor:
         """Images ``[N, 3, H, W]`` in [-1, 1] -> unquantised, unscaled latents."""
@@ -109,9 +105,6 @@ class VQAutoencoder(nn.Module):
         return self.decoder(self.post_quant_conv(self.quantize(latents)))
 
     def encode_latents(self, images: Tensor) -> Tensor:
-        """Images in [-1, 1] -> diffusion-ready latents (unquantised, times ``scaling_factor``)."""
+        """Images in [-1, 1] -> diffusion-ready latents (unquantised, times ``scaling_factor``);
+        ``decode_latents`` divides by it and calls :meth:`decode`."""
         return self.encode(images) * self.config.scaling_factor
-
-    def decode_latents(self, latents: Tensor) -> Tensor:
-        """Diffusion-ready latents -> images (divided by ``scaling_factor``, then :meth:`decode`)."""
-        return self.decode(latents / self.config.scaling_factor)

@@ -167,7 +167,7 @@ def clip_vocabulary(folder: Path | None = None) -> Vocabulary:
 
 
 class CLIPTokenizer:
-    """Prompts -> token ids ``[B, context_length]``, padded with ``<|endoftext|>`` as SD-1.x does.
+    """Prompts -> token ids ``[B, context_length]``, padded as SD-1.x pads them (``<|endoftext|>``).
 
     Byte-level BPE with CLIP's vocabulary (Radford et al. 2021), run by the ``tokenizers``
     library: NFC, whitespace runs to one space, lower case; the CLIP split pattern; the byte
