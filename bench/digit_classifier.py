@@ -50,7 +50,7 @@ def random_shift(images: Tensor, generator: torch.Generator, max_shift: int = 2)
     padded = F.pad(images, (max_shift,) * 4, value=-1.0)
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, len(images)), generator=generator)
     size = images.shape[-1]
-    return torch.stack([p[:, y : y + size, x : x + size] for p, y, x in zip(padded, dy, dx)])
+    return torch.stack([p[:, y : y + size, x : x + size] for p, y, x in zip(padded, dy, dx, strict=True)])
 
 
 def train(digits: Digits, *, epochs: int = 6, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> nn.Module:

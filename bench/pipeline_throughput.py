@@ -74,7 +74,10 @@ def main() -> None:
             for precision in ("fp32",) if what.startswith("baseline") else ("fp32", "bf16"):
                 model.sample(args.n, batch_size=args.n, precision=precision, **options)  # warm-up
                 seconds = best_time(
-                    lambda: model.sample(args.n, batch_size=args.n, precision=precision, **options), args.repeats
+                    lambda model=model, precision=precision, options=options: model.sample(
+                        args.n, batch_size=args.n, precision=precision, **options
+                    ),
+                    args.repeats,
                 )
                 row(what, precision, seconds)
         if pipeline.autoencoder is not None:
@@ -85,7 +88,7 @@ def main() -> None:
                 module.to(memory_format=layout)
                 for precision in ("fp32", "bf16"):
                     decoded[precision] = pipeline.decode(latents, precision)
-                    seconds = best_time(lambda: pipeline.decode(latents, precision), args.repeats)
+                    seconds = best_time(lambda precision=precision: pipeline.decode(latents, precision), args.repeats)
                     name = "channels-last" if layout == torch.channels_last else "NCHW"
                     row(f"decode only, {name}", precision, seconds)
             print(f"\nPSNR of the bf16 decode against fp32: {psnr(decoded['bf16'], decoded['fp32']):.1f} dB\n")

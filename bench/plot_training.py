@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     labels = args.labels or [run.name for run in args.runs]
     figure, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for run, label in zip(args.runs, labels):
+    for run, label in zip(args.runs, labels, strict=True):
         records = read_log(run)
         steps = [r["step"] for r in records]
         losses = [r["loss"] for r in records]

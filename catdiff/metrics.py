@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,7 @@ class FrechetToReference:
 
     def __init__(self, real: Tensor, features: nn.Module, *, batch_size: int = 64) -> None:
         if len(real) < 2:
-            raise ValueError("Fréchet distance needs at least 2 images on each side")
+            raise UserError("Fréchet distance needs at least 2 images on each side")
         from torchmetrics.image.fid import FrechetInceptionDistance  # imported late: it takes seconds
 
         # (normalize: torchmetrics probes a custom extractor with a float image, not a uint8 one)
@@ -127,7 +128,7 @@ class FrechetToReference:
 
     def __call__(self, fake: Tensor) -> float:
         if len(fake) < 2:
-            raise ValueError("Fréchet distance needs at least 2 images on each side")
+            raise UserError("Fréchet distance needs at least 2 images on each side")
         self.fid.reset()  # forgets the previous set only: the real features are kept
         for batch in batches(fake, self.batch_size):
             self.fid.update(batch, real=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,7 @@ class RealismClassifier(nn.Module):
         super().__init__()
         channels = [3, width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(channels, channels[1:]):
+        for c_in, c_out in pairwise(channels):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
         self.features = nn.Sequential(*layers)
         self.readout = nn.Linear(channels[-1], 1)

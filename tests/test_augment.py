@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import catdiff
+from helpers.tiny import TINY_LATENT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from synthetic import make_image_folder
-from test_train_cli import TINY_LATENT
 
 from catdiff.io.checkpoints import checkpoint_dirs, read_config
 from catdiff.models import UNet, UNetConfig
@@ -39,7 +39,7 @@ def test_the_condition_says_what_was_done(seed: int, p: float) -> None:
     assert out.shape == x.shape and condition.shape == (6, AUGMENT_DIM)
     limit = 2  # 1/8 of 16
     inner = (slice(None), slice(limit + 1, -limit - 1), slice(limit + 1, -limit - 1))
-    for image, original, c in zip(out, x, condition):
+    for image, original, c in zip(out, x, condition, strict=True):
         if not c.any():
             assert torch.equal(image, original)  # zero: untouched
         assert c[3].abs() <= limit / 16 and c[4].abs() <= limit / 16

@@ -144,7 +144,7 @@ def test_random_hflip_is_deterministic_per_generator():
     assert not torch.equal(a, c)
     flipped = [torch.equal(a[i], batch[i].flip(-1)) for i in range(64)]
     kept = [torch.equal(a[i], batch[i]) for i in range(64)]
-    assert all(f != k for f, k in zip(flipped, kept))  # each image: flipped or untouched
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # each image: flipped or untouched
     assert 16 < sum(flipped) < 48
     # the flips are the generator's draws, and use exactly one rand(N)
     reference = torch.Generator().manual_seed(7)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, catdiff, require_shared, write_tiny_model
+from helpers.digits import make_digits_folder
+from helpers.tiny import TINY_CLASS_UNET
 
 from catdiff.autoencoders import Autoencoder
-from catdiff.data.digits import Digits, is_digits_folder, split_digits, write_idx
+from catdiff.data.digits import Digits, is_digits_folder, split_digits
 from catdiff.data.latent_cache import LatentCache, encode_folder
 from catdiff.diffusion.conditioning import ClassifierFreeGuidance, drop_labels
 from catdiff.errors import UserError
@@ -19,19 +20,6 @@ from catdiff.models import NULL_CLASS, ClassUNet, build_model, model_config
 from catdiff.pipeline import Pipeline, load_network, pipeline_folder
 from catdiff.training.trainer import TrainConfig, Trainer
 
-TINY_CLASS_UNET = {
-    "type": "class_unet",
-    "num_classes": 3,
-    "in_channels": 4,
-    "out_channels": 4,
-    "sample_size": 4,
-    "block_out_channels": [16, 32],
-    "cross_attention": [False, True],
-    "layers_per_block": 1,
-    "attention_heads": 2,
-    "cross_attention_dim": 8,
-    "norm_groups": 8,
-}
 TINY_AUTOENCODER = {
     "type": "autoencoder_kl",
     "in_channels": 1,
@@ -41,14 +29,6 @@ TINY_AUTOENCODER = {
     "latent_channels": 4,
     "norm_groups": 4,
 }
-
-
-def make_digits_folder(root: Path, n: int = 24, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-    write_idx(root / "t10k-labels-idx1-ubyte.gz", (np.arange(n) % 3).astype(np.uint8))
-    return root
 
 
 def tiny_trainer(run_dir: Path, latents: torch.Tensor, labels: torch.Tensor | None, **options) -> Trainer:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_one_line_error, catdiff
+from helpers.tiny import TINY_LATENT
 from synthetic import make_image_folder
-from test_train_cli import TINY_LATENT
 
 from catdiff.io.checkpoints import checkpoint_dirs, read_config, read_weights
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, catdiff, catdiff_process
+from helpers.tiny import save_tiny_clip
 from PIL import Image
 from synthetic import make_image_folder
-from test_rerank import save_tiny_clip
 
 from catdiff.images import to_uint8
 from catdiff.io.checkpoints import read_weights
@@ -38,7 +38,9 @@ def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
 
 def test_generate_writes_a_grid_and_the_same_seed_gives_the_same_grid(pipeline_dir: Path, tmp_path: Path) -> None:
     grids = []
-    for (name, seed), run in zip((("a", "3"), ("b", "3"), ("c", "4")), (catdiff_process, catdiff, catdiff)):
+    for (name, seed), run in zip(
+        (("a", "3"), ("b", "3"), ("c", "4")), (catdiff_process, catdiff, catdiff), strict=True
+    ):
         out = tmp_path / f"{name}.png"
         result = run("generate", "--model", str(pipeline_dir), "--n", "4", "--seed", seed, "--out", str(out))
         assert result.returncode == 0, result.stderr

@@ -11,6 +11,7 @@ from conftest import assert_one_line_error, catdiff
 from synthetic import make_image_folder
 from torch import nn
 
+from catdiff.errors import UserError
 from catdiff.images import to_pil
 from catdiff.metrics import (
     FrechetToReference,
@@ -69,7 +70,7 @@ def test_frechet_to_reference_measures_each_set_alone_against_the_kept_real_feat
     assert frechet(far) == pytest.approx(feature_distances(real, far, features, kid=False).frechet, rel=1e-5)
     assert frechet(near) == pytest.approx(first, rel=1e-6)  # the previous set is forgotten, the real one kept
     assert first < frechet(far)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(UserError, match="at least 2"):
         frechet(near[:1])
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from conftest import catdiff, tensorboard_scalars
+from helpers.tiny import TINY_LATENT
 from synthetic import make_image_folder
-from test_train_cli import TINY_LATENT
 
 from catdiff.data.holdout import HELDOUT_FILE, choose_heldout, heldout_count, run_heldout, training_files
 from catdiff.data.latent_cache import LatentCache

@@ -7,35 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny import save_tiny_clip
 
 from catdiff.errors import UserError
 from catdiff.rerank import CLIPScorer, EigenScorer, NeighbourScorer, TypicalityScorer, clip_pixels
 
 transformers = pytest.importorskip("transformers")
-
-
-def save_tiny_clip(folder: Path) -> Path:
-    """A randomly initialised CLIP, small, saved as `save_pretrained` writes it, with a real
-    CLIP BPE tokenizer over a tiny vocabulary (every byte, alone and word-final)."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"vocab_size": 520, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 77,
-                     "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513},  # the tokens below
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 2, "num_attention_heads": 2},
-        projection_dim=16,
-    )  # fmt: skip
-    model = CLIPModel(config).eval()
-    model.save_pretrained(folder)
-    chars = list(bytes_to_unicode().values())
-    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers.toy_samplers import DIFFUSERS_PREDICTION, T, ToyNet, start_noise
 
 from catdiff.diffusion.denoiser import Denoiser
 from catdiff.diffusion.samplers import (
@@ -21,46 +22,6 @@ from catdiff.errors import UserError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
-
-T = 1000
-SHAPE = (2, 3, 8, 8)
-DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
-
-
-class ToyNet:
-    """A fixed, deterministic stand-in for a trained VP network ``net(x_t, t)``.
-
-    Its output is the ideal eps (or v) for unit-Gaussian data, ``sqrt(1 - alpha-bar_t) x_t``
-    (or 0), plus a fixed random mix of ``x_t`` and its neighbours, squashed by tanh and modulated
-    by ``t``, so that samples stay O(1) while every step still depends non-trivially on x and t.
-    """
-
-    def __init__(self, schedule: NoiseSchedule, prediction: str, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.mix = torch.randn(3, SHAPE[1], SHAPE[1], generator=g) * 0.5
-        self.bias = torch.randn(SHAPE[1], 1, 1, generator=g) * 0.1
-        self.schedule = schedule
-        self.prediction = prediction
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        # fractional timesteps (Karras grids) take alpha-bar at the interpolated sigma
-        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_t.shape[0])
-        ac = (1 / (1 + self.schedule.t_to_sigma(t) ** 2)).float().view(-1, 1, 1, 1)
-        phase = (t.float() / T).view(-1, 1, 1, 1)
-        # channel mixing of x_t and of its neighbours, element-wise: a conv or einsum would go
-        # through multi-threaded kernels that crawl on 2 shared CPU cores
-        mixed = self.bias
-        for m, x in zip(self.mix, (x_t, x_t.roll(1, -1), x_t.roll(1, -2))):
-            mixed = mixed + (m[None, :, :, None, None] * x[:, None]).sum(2)
-        wiggle = torch.tanh(mixed)
-        wiggle = 0.3 * wiggle * torch.cos(3 * phase) + 0.05 * torch.sin(7 * phase)
-        if self.prediction == "eps":
-            return (1 - ac).sqrt() * x_t + wiggle
-        return wiggle
-
-
-def _start_noise(seed: int = 123) -> torch.Tensor:
-    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
 
 
 def _run_diffusers(scheduler, net, n: int, noise: torch.Tensor, generator, **step_kwargs):
@@ -89,14 +50,16 @@ def _run_ours(sampler, schedule, net, prediction, n, spacing, offset, noise, gen
 
 def _assert_steps_close(ours, theirs, ours_x0, theirs_x0, skip_last=False):
     assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs)):
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         if skip_last and i == len(ours) - 1:
             continue
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"step {i}: {m}")
-    for i, (a, b) in enumerate(zip(ours_x0, theirs_x0)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, i=i: f"step {i}: {m}")
+    for i, (a, b) in enumerate(zip(ours_x0, theirs_x0, strict=True)):
         # the x0 estimate at high noise divides by sqrt(alpha-bar) ~ 6e-3: compare relative to its size
         scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a / scale, b / scale, rtol=1e-5, atol=1e-5, msg=lambda m: f"x0 at step {i}: {m}")
+        torch.testing.assert_close(
+            a / scale, b / scale, rtol=1e-5, atol=1e-5, msg=lambda m, i=i: f"x0 at step {i}: {m}"
+        )
 
 
 # --- parity with diffusers ----------------------------------------------------------------
@@ -117,7 +80,7 @@ def test_ddpm_matches_diffusers_every_step(variance, n, spacing, prediction):
         prediction_type=DIFFUSERS_PREDICTION[prediction],
         timestep_spacing=spacing,
     )
-    noise = _start_noise()
+    noise = start_noise()
     theirs, theirs_x0 = _run_diffusers(scheduler, net, n, noise, torch.Generator().manual_seed(7))
     ours, ours_x0, final = _run_ours(
         sample_ddpm,
@@ -166,15 +129,15 @@ def test_ddpm_full_1000_steps_matches_diffusers_in_float64(variance):
     )
     scheduler.alphas_cumprod = schedule.alphas_cumprod.clone()
     scheduler.one = torch.tensor(1.0, dtype=torch.float64)
-    noise = _start_noise(5)[:1, :, :4, :4].double()  # 1000 steps: keep the tensors tiny
+    noise = start_noise(5)[:1, :, :4, :4].double()  # 1000 steps: keep the tensors tiny
     theirs, theirs_x0 = _run_diffusers(scheduler, net, T, noise, torch.Generator().manual_seed(3))
     ours, ours_x0, _ = _run_ours(
         sample_ddpm, schedule, net, "eps", T, "leading", 0, noise, torch.Generator().manual_seed(3), variance=variance
     )
     assert ours[0].dtype == torch.float64
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"step {i}: {m}")
-    for a, b in zip(ours_x0, theirs_x0):
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, i=i: f"step {i}: {m}")
+    for a, b in zip(ours_x0, theirs_x0, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
@@ -196,7 +159,7 @@ def test_ddim_matches_diffusers_every_step(eta, n, spacing, offset, prediction):
         timestep_spacing=spacing,
         steps_offset=offset,
     )
-    noise = _start_noise()
+    noise = start_noise()
     theirs, theirs_x0 = _run_diffusers(scheduler, net, n, noise, torch.Generator().manual_seed(11), eta=eta)
     ours, ours_x0, final = _run_ours(
         sample_ddim, schedule, net, prediction, n, spacing, offset, noise, torch.Generator().manual_seed(11), eta=eta
@@ -216,7 +179,7 @@ def test_ddim_cosine_schedule_matches_diffusers():
         prediction_type="v_prediction",
         timestep_spacing="trailing",
     )
-    noise = _start_noise()
+    noise = start_noise()
     theirs, theirs_x0 = _run_diffusers(scheduler, net, 20, noise, None)
     ours, ours_x0, _ = _run_ours(sample_ddim, schedule, net, "v", 20, "trailing", 0, noise, None)
     _assert_steps_close(ours, theirs, ours_x0, theirs_x0)
@@ -229,7 +192,7 @@ def _toy_setup(n=20):
     schedule = NoiseSchedule()
     denoise = Denoiser(ToyNet(schedule, "eps"), schedule, "eps")  # type: ignore[arg-type]
     sigmas = schedule.discrete_sigmas(n)
-    return denoise, sigmas, vp_to_ve(_start_noise(), sigmas[0])
+    return denoise, sigmas, vp_to_ve(start_noise(), sigmas[0])
 
 
 def test_ddim_eta0_is_deterministic_and_draws_nothing():
@@ -288,9 +251,9 @@ def test_bad_sigma_grids_are_rejected(sampler):
 
 def test_bad_options_are_rejected():
     denoise, sigmas, x = _toy_setup(2)
-    with pytest.raises(ValueError, match="beta_tilde"):
+    with pytest.raises(UserError, match="beta_tilde"):
         sample_ddpm(denoise, x, sigmas, variance="large")
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(UserError, match="eta"):
         sample_ddim(denoise, x, sigmas, eta=-1.0)
 
 
@@ -330,7 +293,7 @@ def predicted_final_std(name: str, sigmas: torch.Tensor, eta: float = 0.0) -> fl
     """
     var = S**2 + float(sigmas[0]) ** 2  # VE variance of the start
     var *= 1 / (1 + float(sigmas[0]) ** 2)  # ... in VP scale
-    for sig_t, sig_s in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+    for sig_t, sig_s in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
         a_t, a_s = 1 / (1 + sig_t**2), 1 / (1 + sig_s**2)
         # E[x0 | x_t] = MU + k (x_t - sqrt(a_t) MU): Gaussian posterior of x0 given x_t
         k = S**2 * math.sqrt(a_t) / (a_t * S**2 + 1 - a_t)

@@ -7,6 +7,7 @@ import torch
 
 from catdiff.diffusion.objective import PREDICTIONS, min_snr_weight, predicted_x0, training_target
 from catdiff.diffusion.schedule import NoiseSchedule
+from catdiff.errors import UserError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
@@ -44,7 +45,7 @@ def test_betas_and_alphas_cumprod_match_diffusers(kind, dkind, b0, b1):
 
 
 def test_unknown_kind_and_config_round_trip():
-    with pytest.raises(ValueError, match="cosine"):
+    with pytest.raises(UserError, match="cosine"):
         NoiseSchedule("quadratic")  # type: ignore[arg-type]
     s = NoiseSchedule("scaled_linear", 500, 0.00085, 0.012)
     assert NoiseSchedule.from_config(s.to_config()) == s
@@ -87,11 +88,11 @@ def test_timesteps_match_diffusers(cls, spacing, offset):
 def test_timesteps_edge_cases():
     s = NoiseSchedule()
     assert s.timesteps(T, "leading", 1).max() == T - 1
-    with pytest.raises(ValueError, match="between 1 and"):
+    with pytest.raises(UserError, match="between 1 and"):
         s.timesteps(0)
-    with pytest.raises(ValueError, match="between 1 and"):
+    with pytest.raises(UserError, match="between 1 and"):
         s.timesteps(T + 1)
-    with pytest.raises(ValueError, match="trailing"):
+    with pytest.raises(UserError, match="trailing"):
         s.timesteps(10, "uniform")  # type: ignore[arg-type]
 
 
@@ -161,7 +162,7 @@ def test_eps_and_x0_targets():
     _, _, x0, eps, _, alpha, sigma = _batch()
     assert training_target("eps", x0, eps, alpha, sigma) is eps
     assert training_target("x0", x0, eps, alpha, sigma) is x0
-    with pytest.raises(ValueError, match="eps, v, x0"):
+    with pytest.raises(UserError, match="eps, v, x0"):
         training_target("noise", x0, eps, alpha, sigma)  # type: ignore[arg-type]
 
 

@@ -64,7 +64,7 @@ def test_ids_equal_transformers_clip_tokenizer(tokenizers_pair) -> None:
     ours, theirs = tokenizers_pair
     ids = ours(PROMPTS)
     assert ids.shape == (len(PROMPTS), 77) and ids.dtype == torch.long
-    for prompt, row in zip(PROMPTS, ids):
+    for prompt, row in zip(PROMPTS, ids, strict=True):
         expected = theirs(prompt, padding="max_length", max_length=77, truncation=True).input_ids
         assert row.tolist() == expected, prompt
 

@@ -71,7 +71,7 @@ def test_folder_tokenizer_ids_equal_transformers(tmp_path: Path, layout) -> None
     theirs = transformers.CLIPTokenizer.from_pretrained(str(folder))
     ours = CLIPTokenizer.from_vocabulary(read_tokenizer_folder(folder))
     ids = ours(PROMPTS)
-    for prompt, row in zip(PROMPTS, ids):
+    for prompt, row in zip(PROMPTS, ids, strict=True):
         assert row.tolist() == theirs(prompt, padding="max_length", max_length=77, truncation=True).input_ids, prompt
     assert ids[1, -1] == theirs.pad_token_id  # the folder's padding token ("!" in the tiny one)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny import compvis_vae_shapes
 from sd_tiny import perturb
-from test_vae import compvis_vae_shapes
 
 from catdiff.models.vae import AutoencoderKLConfig
 from catdiff.sd.checkpoint import models_from_single_file

@@ -100,7 +100,7 @@ def test_per_image_generators_match_diffusers_given_the_same_list_of_generators(
     scheduler = cls(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     scheduler.set_timesteps(10)
     generators = image_generators(seeds)
-    for g, n in zip(generators, noise):  # the start noise comes first from each image's generator
+    for g, n in zip(generators, noise, strict=True):  # the start noise comes first from each image's generator
         torch.randn(n.shape, generator=g)
     sample, options = noise.clone(), {"eta": 0.6} if sampler == "ddim" else {}
     for t in scheduler.timesteps:

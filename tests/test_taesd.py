@@ -59,7 +59,7 @@ def test_saved_folder_loads_back_with_the_same_weights(taesd: TAESD, tmp_path: P
     folder = save_taesd(taesd, tmp_path / "taesd")
     assert (folder / "LICENSE").is_file()
     again = load_taesd(folder)
-    assert all(torch.equal(a, b) for a, b in zip(taesd.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(taesd.state_dict().values(), again.state_dict().values(), strict=True))
     assert {t.dtype for t in load_file(folder / ENCODER_FILE).values()} == {torch.bfloat16}  # lossless, as shipped
 
 

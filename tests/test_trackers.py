@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, catdiff, tensorboard_scalars
+from helpers.tiny import TINY_LATENT
 from synthetic import make_image_folder
-from test_train_cli import TINY_LATENT
 
 from catdiff.training.config import TrainConfig
 from catdiff.training.trackers import TRACKERS_DIR, hyperparameters

@@ -95,7 +95,7 @@ def test_a_resumed_budget_run_continues_the_same_budget_exactly(tmp_path: Path, 
     assert second.resume() and second.clock.spent == 2 * TICK
     second.fit()
     assert second.step == straight.step == 6 and second.clock.spent == 6 * TICK
-    for a, b in zip(second.network.parameters(), straight.network.parameters()):
+    for a, b in zip(second.network.parameters(), straight.network.parameters(), strict=True):
         assert torch.equal(a, b)
     assert [r["step"] for r in read_log(tmp_path / "stopped")] == list(range(1, 7))
     done = budget_trainer(tmp_path / "stopped", time_budget=6 * TICK)

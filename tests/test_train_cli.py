@@ -15,9 +15,10 @@ import tomllib
 import torch
 from conftest import assert_one_line_error, catdiff, write_tiny_model
 from fastapi.testclient import TestClient
+from helpers.digits import make_digits_folder
+from helpers.tiny import TINY_CLASS_UNET, TINY_LATENT
 from PIL import Image
 from synthetic import make_image_folder
-from test_digits import TINY_CLASS_UNET, make_digits_folder
 
 from catdiff.cli import build_parser
 from catdiff.cli.options import parse_duration
@@ -54,10 +55,6 @@ from catdiff.training.speed import candidates
 from catdiff.training.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-# Flags that shrink the bundled cats recipe's U-Net to a test size (4x4 latents of 32 px images).
-TINY_LATENT = ["--size", "32", "--channels", "32", "--channel-mult", "1,2", "--attention-levels", "1",
-               "--batch-size", "8", "--preview-every", "0", "--mixed-precision", "no", "--no-channels-last",
-               "--no-eval"]  # fmt: skip
 
 
 def parse(*argv: str) -> argparse.Namespace:

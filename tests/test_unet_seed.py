@@ -56,14 +56,14 @@ def test_embedding_is_tiled_over_space() -> None:
 def test_channel_counts_per_level(seed: SeedUNet) -> None:
     filters = (32, 64, 256, 512)
     assert len(seed.down) == len(seed.up) == 4
-    for level, f in zip(seed.down, filters):
+    for level, f in zip(seed.down, filters, strict=True):
         assert len(level.blocks) == 2
         assert all(b.conv2.out_channels == f for b in level.blocks)
         down = level.resample
         assert isinstance(down, nn.Conv2d) and down.stride == (2, 2) and down.out_channels == f
     # Up path: filters reversed; the first block takes (previous level + skip) channels.
     c_in = [512 + 512, 512 + 256, 256 + 64, 64 + 32]
-    for level, f, c in zip(seed.up, reversed(filters), c_in):
+    for level, f, c in zip(seed.up, reversed(filters), c_in, strict=True):
         assert level.blocks[0].proj.in_channels == c
         assert all(b.conv2.out_channels == f for b in level.blocks)
     assert seed.conv_out.in_channels == 32 and seed.conv_out.out_channels == 4

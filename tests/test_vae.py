@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny import compvis_vae_shapes
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -79,64 +80,6 @@ def assert_same_outputs(ref, ours: AutoencoderKL, x: Tensor) -> None:
 
 
 # --- the CompVis layout, written out from the CompVis Encoder/Decoder constructors ----------
-
-
-def compvis_vae_shapes(
-    ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int = 4, in_channels: int = 3, out_ch: int = 3
-) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a CompVis ``AutoencoderKL`` (ldm/modules/diffusionmodules/model.py with
-    attn_resolutions=[], double_z=True, embed_dim=z_channels), built independently of catdiff."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(name, cin, cout, k=3):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (cout, cin, k, k), (cout,)
-
-    def norm(name, c):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c,), (c,)
-
-    def resnet(name, cin, cout):
-        norm(f"{name}.norm1", cin)
-        conv(f"{name}.conv1", cin, cout)
-        norm(f"{name}.norm2", cout)
-        conv(f"{name}.conv2", cout, cout)
-        if cin != cout:
-            conv(f"{name}.nin_shortcut", cin, cout, k=1)
-
-    def mid(part, c):
-        resnet(f"{part}.mid.block_1", c, c)
-        norm(f"{part}.mid.attn_1.norm", c)
-        for proj in ("q", "k", "v", "proj_out"):
-            conv(f"{part}.mid.attn_1.{proj}", c, c, k=1)
-        resnet(f"{part}.mid.block_2", c, c)
-
-    levels = len(ch_mult)
-    in_ch_mult = (1, *ch_mult)
-    conv("encoder.conv_in", in_channels, ch)
-    for i in range(levels):
-        block_in = ch * in_ch_mult[i]
-        for j in range(num_res_blocks):
-            resnet(f"encoder.down.{i}.block.{j}", block_in, ch * ch_mult[i])
-            block_in = ch * ch_mult[i]
-        if i != levels - 1:
-            conv(f"encoder.down.{i}.downsample.conv", block_in, block_in)
-    mid("encoder", block_in)
-    norm("encoder.norm_out", block_in)
-    conv("encoder.conv_out", block_in, 2 * z_channels)
-
-    block_in = ch * ch_mult[-1]
-    conv("decoder.conv_in", z_channels, block_in)
-    mid("decoder", block_in)
-    for i in reversed(range(levels)):
-        for j in range(num_res_blocks + 1):
-            resnet(f"decoder.up.{i}.block.{j}", block_in, ch * ch_mult[i])
-            block_in = ch * ch_mult[i]
-        if i != 0:
-            conv(f"decoder.up.{i}.upsample.conv", block_in, block_in)
-    norm("decoder.norm_out", block_in)
-    conv("decoder.conv_out", block_in, out_ch)
-    conv("quant_conv", 2 * z_channels, 2 * z_channels, k=1)
-    conv("post_quant_conv", z_channels, z_channels, k=1)
-    return shapes
 
 
 def random_compvis_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, Tensor]:
@@ -323,7 +266,7 @@ def test_compvis_file_with_explicit_config(tmp_path: Path) -> None:
     compvis = {k: v.contiguous() for k, v in vae_state_to_compvis(ours.state_dict()).items()}
     save_file(compvis, tmp_path / "again.safetensors")
     again = load_vae(tmp_path / "again.safetensors", config=ours.config)
-    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values(), strict=True))
 
 
 def tiny_compvis() -> dict[str, Tensor]:

@@ -9,7 +9,8 @@ import argparse
 import errno
 import logging
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from catdiff.cli import data, evaluate, sample, serve, train, txt2img
 from catdiff.errors import UserError

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -142,7 +143,7 @@ def write_output(args: argparse.Namespace, images: Tensor, seeds: Sequence[int],
     if args.out_dir is None:
         save_grid(images, args.out)
     else:
-        for image_seed, image in zip(seeds, to_pil(images)):
+        for image_seed, image in zip(seeds, to_pil(images), strict=True):
             save_image(image, args.out_dir / f"{image_seed:06d}.png")
     how = f"{options['sampler']}, {options['steps']} steps on the {options['spacing']} grid, seed {options['seed']}"
     print(f"wrote {len(images)} images ({how}) to {args.out_dir or args.out}")

@@ -227,7 +227,7 @@ class ImageFolder(torch.utils.data.Dataset):
         read = self._read if preload else self._check
         pixels = torch.empty(len(candidates), 3, size, size, dtype=torch.uint8) if preload else None
         hwc = _hwc(pixels) if preload else None
-        for path, result in zip(candidates, self._map(read, candidates, num_workers)):
+        for path, result in zip(candidates, self._map(read, candidates, num_workers), strict=True):
             if isinstance(result, Exception):
                 self.skipped.append(path)
                 log.debug("cannot read %s: %r", path, result)

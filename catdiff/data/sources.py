@@ -260,7 +260,7 @@ def leave_out(dataset: ImageFolder, names: list[str] | tuple[str, ...]) -> None:
     """Drop the files ``names`` (relative to the folder) from an image folder not yet loaded, and their labels."""
     dropped = set(names)
     keep = [p.relative_to(dataset.root).as_posix() not in dropped for p in dataset.paths]
-    dataset.paths = [p for p, kept in zip(dataset.paths, keep) if kept]
+    dataset.paths = [p for p, kept in zip(dataset.paths, keep, strict=True) if kept]
     if dataset.labels is not None:
         dataset.labels = dataset.labels[torch.tensor(keep, dtype=torch.bool)]
 

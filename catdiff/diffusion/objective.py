@@ -13,13 +13,15 @@ from typing import Literal
 
 from torch import Tensor
 
+from catdiff.errors import UserError
+
 Prediction = Literal["eps", "v", "x0"]
 PREDICTIONS: tuple[str, ...] = ("eps", "v", "x0")
 
 
 def _check(prediction: str) -> None:
     if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        raise UserError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
 def training_target(prediction: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from typing_extensions import TypedDict
 
+from catdiff.errors import UserError
+
 BetaKind = Literal["linear", "scaled_linear", "cosine"]
 Spacing = Literal["leading", "trailing", "linspace"]
 SigmaSpacing = Literal["leading", "trailing", "linspace", "uniform", "karras", "exponential"]
@@ -106,9 +108,9 @@ class NoiseSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in BETA_KINDS:
-            raise ValueError(f"unknown beta schedule {self.kind!r}; choose one of {', '.join(BETA_KINDS)}")
+            raise UserError(f"unknown beta schedule {self.kind!r}; choose one of {', '.join(BETA_KINDS)}")
         if self.T < 2:
-            raise ValueError(f"a schedule needs at least 2 steps, got T={self.T}")
+            raise UserError(f"a schedule needs at least 2 steps, got T={self.T}")
         if self.kind == "linear":
             betas = linear_betas(self.T, self.beta_start, self.beta_end)
         elif self.kind == "scaled_linear":
@@ -185,7 +187,7 @@ class NoiseSchedule:
         spans ``[0, T - 1]``.
         """
         if not 1 <= n <= self.T:
-            raise ValueError(f"steps must be between 1 and {self.T}, got {n}")
+            raise UserError(f"steps must be between 1 and {self.T}, got {n}")
         if spacing == "leading":
             ts = torch.arange(n, dtype=torch.float64) * (self.T // n) + offset
         elif spacing == "trailing":
@@ -193,7 +195,7 @@ class NoiseSchedule:
         elif spacing == "linspace":
             ts = torch.linspace(0, self.T - 1, n, dtype=torch.float64).round()
         else:
-            raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+            raise UserError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
         return ts.sort(descending=True).values.long().clamp(0, self.T - 1)
 
     def discrete_sigmas(self, n: int, spacing: Spacing = "leading", offset: int = 0) -> Tensor:
@@ -208,7 +210,7 @@ class NoiseSchedule:
         ``[sigma_min, sigma_max]`` continuously (:func:`karras_sigmas`, :func:`exponential_sigmas`).
         """
         if spacing not in SIGMA_SPACINGS:
-            raise ValueError(f"unknown sigma spacing {spacing!r}; choose one of {', '.join(SIGMA_SPACINGS)}")
+            raise UserError(f"unknown sigma spacing {spacing!r}; choose one of {', '.join(SIGMA_SPACINGS)}")
         if spacing == "karras":
             return karras_sigmas(n, self.sigma_min, self.sigma_max)
         if spacing == "exponential":

@@ -187,7 +187,7 @@ def unet_state_to_diffusers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if renamed is None:
             raise ValueError(f"no diffusers name for catdiff U-Net weight {name!r}")
         if ".to_qkv." in renamed:
-            for part, chunk in zip(("to_q", "to_k", "to_v"), tensor.chunk(3, dim=0)):
+            for part, chunk in zip(("to_q", "to_k", "to_v"), tensor.chunk(3, dim=0), strict=True):
                 out[renamed.replace("to_qkv", part)] = chunk.contiguous()
         else:
             out[renamed] = tensor

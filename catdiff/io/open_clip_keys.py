@@ -170,7 +170,9 @@ def _block_entries(key: str, block: re.Match[str], value: Tensor) -> dict[str, T
     prefix = f"{tower}.encoder.layers.{layer}."
     fused = _IN_PROJ.fullmatch(part)
     if fused:
-        return {f"{prefix}self_attn.{name}_proj.{fused[1]}": t for name, t in zip("qkv", value.chunk(3, dim=0))}
+        return {
+            f"{prefix}self_attn.{name}_proj.{fused[1]}": t for name, t in zip("qkv", value.chunk(3, dim=0), strict=True)
+        }
     renamed = rename_key(part, _BLOCK_MODULES)
     return {key if renamed == part else prefix + renamed: value}
 

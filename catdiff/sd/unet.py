@@ -58,7 +58,11 @@ class SDUNetConfig:
         self.attention_heads = tuple(int(h) for h in self.attention_heads)
         if not levels or len(self.cross_attention) != levels or len(self.attention_heads) != levels:
             raise ValueError("block_out_channels, cross_attention and attention_heads need one entry per level")
-        bad = [(c, h) for c, h in zip(self.block_out_channels, self.attention_heads) if c % h or c % self.norm_groups]
+        bad = [
+            (c, h)
+            for c, h in zip(self.block_out_channels, self.attention_heads, strict=True)
+            if c % h or c % self.norm_groups
+        ]
         if bad:
             raise ValueError(
                 f"widths {bad} (width, heads) do not divide by their heads or by {self.norm_groups} groups"

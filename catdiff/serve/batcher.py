@@ -161,7 +161,7 @@ class MicroBatcher:
                 for job in batch:
                     job.future.set_exception(error)
             else:
-                for job, result in zip(batch, results):
+                for job, result in zip(batch, results, strict=True):
                     job.size = self.result_size(result)
                     job.future.set_result(result)
             with self._lock:

@@ -39,7 +39,7 @@ def augment(x: Tensor, p: float, generator: torch.Generator) -> tuple[Tensor, Te
     shifts = torch.randint(-limit, limit + 1, (2, n), generator=generator) * applied[2]
 
     out = torch.where(applied[0][:, None, None, None], x.flip(-2), x)
-    out = torch.stack([torch.rot90(image, int(k), dims=(-2, -1)) for image, k in zip(out, quarters)])
+    out = torch.stack([torch.rot90(image, int(k), dims=(-2, -1)) for image, k in zip(out, quarters, strict=True)])
     grid = torch.arange(h)
     rows = reflect(grid[None] - shifts[1][:, None], h)  # [N, H]
     cols = reflect(grid[None] - shifts[0][:, None], w)  # [N, W]

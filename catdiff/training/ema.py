@@ -32,7 +32,7 @@ class EMA:
         ema_params = list(self.model.parameters())
         params = [p.detach().float() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1 - decay)
-        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

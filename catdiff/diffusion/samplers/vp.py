@@ -16,6 +16,7 @@ from torch import Tensor
 from catdiff.diffusion.noise import Generators
 from catdiff.diffusion.samplers.core import Callback, DenoiseFn, check_sigmas, draw_like, register_sampler
 from catdiff.diffusion.schedule import alpha_bar
+from catdiff.errors import UserError
 
 StepCoefficients = Callable[[float, float], tuple[float, float]]
 
@@ -76,7 +77,7 @@ def sample_ddpm(
     ``"fixed_small"`` and ``"fixed_large"``. See the module docstring for the other arguments.
     """
     if variance not in ("beta_tilde", "beta"):
-        raise ValueError(f"unknown DDPM variance {variance!r}; choose 'beta_tilde' or 'beta'")
+        raise UserError(f"unknown DDPM variance {variance!r}; choose 'beta_tilde' or 'beta'")
 
     def coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
         if sigma_next == 0:
@@ -114,7 +115,7 @@ def sample_ddim(
     See the module docstring for the other arguments.
     """
     if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+        raise UserError(f"eta must be >= 0, got {eta}")
 
     def coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
         a_t, a_s = alpha_bar(sigma), alpha_bar(sigma_next)
