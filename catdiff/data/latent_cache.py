@@ -6,7 +6,9 @@ horizontally mirrored images, and ``labels``: the class of each image of labelle
 once complete, ``stats.json`` (per-channel mean and std). Each file is written to a temporary
 file and renamed, so a killed run resumes by encoding only the shards that are missing, and its
 result equals an uninterrupted run. The manifest records each shard's SHA-256 once it is
-written: a shard that is missing, unrecorded or damaged is encoded again.
+written: a shard that is missing or damaged is encoded again. A shard whose record a kill cut
+off (between the shard's rename and the manifest's) is whole, since shards are renamed into
+place: it is recorded if it reads back with the images it should hold.
 """
 
 from __future__ import annotations
@@ -62,9 +64,17 @@ def shard_digest(path: Path) -> str:
 
 
 def sound_shard(root: Path, manifest: dict[str, Any], index: int) -> bool:
-    """Whether shard ``index`` is there and is the file the manifest recorded."""
+    """Whether shard ``index`` is there and is the file the manifest recorded (one it has no
+    record of: whether it reads back with the number of images it should hold)."""
     path, recorded = shard_path(root, index), manifest.get("shards", {}).get(str(index))
-    return path.is_file() and recorded is not None and shard_digest(path) == recorded
+    if not path.is_file():
+        return False
+    if recorded is not None:
+        return shard_digest(path) == recorded
+    try:
+        return len(load_file(path)["latents"]) == len(_shard_range(manifest, index))
+    except Exception:  # safetensors' own errors for a file that is not one
+        return False
 
 
 def is_latent_cache(path: Path) -> bool:
@@ -132,7 +142,11 @@ def encode_folder(
     todo = [i for i in range(manifest["num_shards"]) if not sound_shard(out, manifest, i)]
     damaged = [i for i in todo if shard_path(out, i).is_file()]
     if damaged:
-        log.info("%s: shards %s are damaged or unrecorded; encoding them again", out, ", ".join(map(str, damaged)))
+        log.info("%s: shards %s are damaged; encoding them again", out, ", ".join(map(str, damaged)))
+    unrecorded = [i for i in range(manifest["num_shards"]) if i not in todo and str(i) not in manifest["shards"]]
+    if unrecorded:
+        manifest["shards"].update({str(i): shard_digest(shard_path(out, i)) for i in unrecorded})
+        write_json(out / MANIFEST_FILE, manifest)
     if len(todo) < manifest["num_shards"]:
         log.info("%s: %d of %d shards already encoded", out, manifest["num_shards"] - len(todo), manifest["num_shards"])
     with tqdm(
