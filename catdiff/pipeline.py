@@ -128,6 +128,7 @@ class SamplingSettings(TypedDict, total=False):
     spacing: SigmaSpacing
     guidance: NonNegative
     guidance_interval: tuple[NonNegative, NonNegative]
+    sampler_options: dict[str, dict[str, Any]]  # sampler -> the options it takes from this pipeline
 
 
 class SamplingDescription(TypedDict, total=False):
@@ -365,7 +366,8 @@ class Pipeline:
 
         ``condition`` covers the ``n`` images (e.g. :meth:`class_condition`); unconditional if
         None. ``sampler``, ``steps`` and ``spacing`` default to the pipeline's (:attr:`sampling`);
-        ``sampler_options`` go to the sampler (e.g. ``{"eta": 0.5}`` for DDIM). ``precision``
+        ``sampler_options`` go to the sampler (e.g. ``{"eta": 0.5}`` for DDIM), over those the
+        pipeline keeps for it (``sampling["sampler_options"][sampler]``). ``precision``
         is that of the network and decoder evaluations; ``"auto"`` is bf16 where the hardware
         computes it natively (:func:`catdiff.precision.fast_bf16`). ``progress=None`` shows a bar
         only on a terminal.
@@ -418,7 +420,7 @@ class Pipeline:
         grid and run the ``int(steps * strength)`` steps left from there.
         """
         name = sampler or self.sampling["sampler"]
-        options = dict(sampler_options or {})
+        options = {**self.sampling.get("sampler_options", {}).get(name, {}), **(sampler_options or {})}
         check_options(name, options)
         sample_fn = get_sampler(name)
         sigmas = self.sigmas(steps, spacing)

@@ -93,7 +93,9 @@ def test_unet2dmodel_layouts_load_into_catdiffs_unet(tmp_path: Path, layout: str
     with torch.no_grad():
         difference = (pipeline.network(x, t) - unet(x, t).sample).abs().max().item()
     assert difference <= 1e-5, difference
-    assert pipeline.sampling == {"sampler": "ddim", "steps": 50, "spacing": "leading"}
+    assert pipeline.sampling == {  # DDIMScheduler's defaults: 50 leading steps, x0 clipped
+        "sampler": "ddim", "steps": 50, "spacing": "leading", "sampler_options": {"ddim": {"eps": "network"}}
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -114,17 +116,15 @@ def test_other_unet2dmodel_configurations_are_one_line(change: dict, words: str)
 
 def test_generate_on_a_ddpm_pipeline_folder_equals_diffusers(tmp_path: Path) -> None:
     """DDPM with the same draws from `torch.Generator().manual_seed(seed)`, and DDIM built from
-    the folder's scheduler config: images equal to diffusers' pipelines. catdiff's DDIM takes
-    the noise of a clipped x0 estimate from that estimate, as diffusers' DDIM does with
-    `use_clipped_model_output=True` (its default keeps the network's noise estimate)."""
+    the folder's scheduler config (which clips x0, so DDIM steps with the network's own noise
+    estimate, diffusers' default): images equal to diffusers' pipelines."""
     folder = ddpm_folder(tmp_path)
     ddpm = diffusers.DDPMPipeline.from_pretrained(folder)
     ddim = diffusers.DDIMPipeline(unet=ddpm.unet, scheduler=diffusers.DDIMScheduler.from_config(ddpm.scheduler.config))
     for seed in (0, 5):
         theirs = {
             "ddpm": ddpm(generator=torch.Generator().manual_seed(seed), num_inference_steps=20, output_type="np").images,
-            "ddim": ddim(generator=torch.Generator().manual_seed(seed), num_inference_steps=10, eta=0.0, output_type="np",
-                         use_clipped_model_output=True).images,
+            "ddim": ddim(generator=torch.Generator().manual_seed(seed), num_inference_steps=10, eta=0.0, output_type="np").images,
         }  # fmt: skip
         ours = {
             "ddpm": ["--steps", "20"],
@@ -149,7 +149,9 @@ def test_generate_on_a_ddpm_pipeline_folder_equals_diffusers(tmp_path: Path) -> 
 def test_a_diffusers_folder_serves_and_evaluates_as_a_model(tmp_path: Path) -> None:
     folder = ddpm_folder(tmp_path)
     pipeline = Pipeline.from_folder(folder)
-    assert pipeline.sampling == {"sampler": "ddpm", "steps": 1000, "spacing": "leading"}
+    assert pipeline.sampling == {
+        "sampler": "ddpm", "steps": 1000, "spacing": "leading", "sampler_options": {"ddim": {"eps": "network"}}
+    }  # fmt: skip
     assert pipeline.clip_x0 == 1.0 and pipeline.sample_shape == (3, 32, 32)
     result = catdiff("sample", str(folder), "--n", "2", "--steps", "3", "--out", str(tmp_path / "s.png"))
     assert result.returncode == 0, result.stderr

@@ -77,18 +77,24 @@ class Denoiser:
         self.dynamic_percentile = dynamic_percentile
 
     def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        return self.predict(x, sigma)[0]
+
+    def predict(self, x: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
+        """The x0 estimate as :meth:`__call__` gives it (clipped, if the denoiser clips) and the
+        network's own estimate before any clipping, from one network evaluation."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
         c_in = (1 + sigma**2).rsqrt()  # alpha_t of the VP sample at this level
         t = self.schedule.sigma_to_t(sigma).to(torch.float32)
         alpha = _per_sample(c_in, x.ndim).to(x.dtype)
         x_t = x * alpha
         output = self.network(x_t.to(network_dtype(self.network) or x.dtype), t).to(x.dtype)
-        x0 = predicted_x0(self.prediction, output, x_t, alpha, _per_sample(sigma * c_in, x.ndim).to(x.dtype))
+        raw = predicted_x0(self.prediction, output, x_t, alpha, _per_sample(sigma * c_in, x.ndim).to(x.dtype))
+        x0 = raw
         if self.clip_x0 is not None and self.dynamic_percentile is not None:
-            x0 = dynamic_threshold(x0, self.dynamic_percentile, self.clip_x0)
+            x0 = dynamic_threshold(raw, self.dynamic_percentile, self.clip_x0)
         elif self.clip_x0 is not None:
-            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
-        return x0
+            x0 = raw.clamp(-self.clip_x0, self.clip_x0)
+        return x0, raw
 
     def loss(self, x0: Tensor, t: Tensor, noise: Tensor, *, min_snr_gamma: float | None = None) -> Tensor:
         """Denoising score matching at integer timesteps ``t`` (Ho et al. 2020, eq. 14): the mean

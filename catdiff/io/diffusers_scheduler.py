@@ -5,7 +5,9 @@ over ``num_train_timesteps``), what the network predicts and whether x0 is clipp
 its class, how the pipeline samples. catdiff keeps the first three in the pipeline's
 ``diffusion`` settings and takes the scheduler class as the default sampler: DDPM and DDIM as
 themselves, DPM-Solver multistep as DPM-Solver++(2M), Euler as Euler, and PNDM (PLMS, a
-multistep method catdiff does not have) as DPM-Solver++(2M), the nearest catdiff has.
+multistep method catdiff does not have) as DPM-Solver++(2M), the nearest catdiff has. Where
+the scheduler clips x0, catdiff's DDIM takes the network's own noise estimate, as diffusers' DDIM
+does by default (``use_clipped_model_output=False``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ def settings_from_scheduler(config: Mapping[str, Any]) -> tuple[dict[str, Any], 
     spacing = config.get("timestep_spacing", spacing)
     if spacing not in ("leading", "trailing", "linspace"):
         raise unsupported(f"timestep_spacing {spacing!r}")
-    return diffusion, {"sampler": sampler, "steps": steps, "spacing": spacing}
+    sampling: dict[str, Any] = {"sampler": sampler, "steps": steps, "spacing": spacing}
+    if clip is not None:  # diffusers' DDIM steps with the network's noise, not the clipped x0's
+        sampling["sampler_options"] = {"ddim": {"eps": "network"}}
+    return diffusion, sampling
 
 
 def scheduler_config(diffusion: Mapping[str, Any], sampling: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,19 +28,26 @@ def sample_first_order(
     coefficients: StepCoefficients,
     generator: Generators | None,
     callback: Callback | None,
+    *,
+    network_eps: bool = False,
 ) -> Tensor:
     """The loop shared by samplers whose step is ``x_next = x0 + c_eps * eps + c_noise * z``.
 
-    ``eps = (x - x0) / sigma`` is the noise implied by the denoiser; ``coefficients(sigma,
+    ``eps = (x - x0) / sigma`` is the noise implied by the denoiser's x0, or with
+    ``network_eps`` by the network's own estimate before clipping (which needs a denoiser with
+    ``predict``, :class:`~catdiff.diffusion.denoiser.Denoiser`); ``coefficients(sigma,
     sigma_next) -> (c_eps, c_noise)`` is computed in float64; ``z`` is drawn only when
     ``c_noise > 0``.
     """
     sigmas = check_sigmas(sigmas)
+    predict = getattr(denoise, "predict", None)
+    if network_eps and predict is None:
+        raise UserError("the network's own noise estimate needs a catdiff Denoiser (one with predict)")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma)
+        denoised, raw = predict(x, sigma) if network_eps and predict is not None else (denoise(x, sigma),) * 2
         c_eps, c_noise = coefficients(float(sigma), float(sigma_next))
-        eps = (x - denoised) / float(sigma)
+        eps = (x - raw) / float(sigma)
         x = denoised + c_eps * eps
         if c_noise > 0:
             x = x + c_noise * draw_like(x, generator)
@@ -98,6 +105,7 @@ def sample_ddim(
     sigmas: Tensor,
     *,
     eta: float = 0.0,
+    eps: Literal["x0", "network"] = "x0",
     generator: Generators | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -112,10 +120,14 @@ def sample_ddim(
     beta-tilde variance. In VE form the step is ``x0 + sqrt(sigma_s^2 - s_up^2) eps + s_up z`` with
     ``s_up = std / sqrt(alpha-bar_s) = eta * sigma_s * sqrt(1 - sigma_s^2 / sigma_t^2)``: the
     eta = 0 step is the Euler step of the probability-flow ODE (Karras et al. 2022, section 4).
-    See the module docstring for the other arguments.
+    ``eps`` is the noise of the step: "x0", the noise of the (clipped) x0 estimate; "network",
+    the network's own estimate, which differs only where a denoiser clips x0 (diffusers' DDIM by
+    default, ``use_clipped_model_output=False``). See the module docstring for the other arguments.
     """
     if eta < 0:
         raise UserError(f"eta must be >= 0, got {eta}")
+    if eps not in ("x0", "network"):
+        raise UserError(f"DDIM eps must be 'x0' or 'network', got {eps!r}")
 
     def coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
         a_t, a_s = alpha_bar(sigma), alpha_bar(sigma_next)
@@ -123,4 +135,4 @@ def sample_ddim(
         direction = math.sqrt(max(1 - a_s - std**2, 0.0))
         return direction / math.sqrt(a_s), std / math.sqrt(a_s)
 
-    return sample_first_order(denoise, x, sigmas, coefficients, generator, callback)
+    return sample_first_order(denoise, x, sigmas, coefficients, generator, callback, network_eps=eps == "network")
