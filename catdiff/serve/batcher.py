@@ -5,7 +5,9 @@ same sampling settings, and runs them as one batch (their images side by side), 
 requests cost about one batch of sampling instead of N. Admission is by cost (a job's images
 times the network evaluations each takes): the work queued and running is bounded, so a job
 waits behind a bounded amount of work; one that would overflow the bound is refused at once
-(the web layer answers 503). Finished jobs are kept for polling, bounded by bytes and by age.
+(the web layer answers 503). The last quarter of the bound is kept for small jobs (those
+costing at most that quarter), so that costly ones cannot fill the queue and shut cheap ones
+out. Finished jobs are kept for polling, bounded by bytes and by age.
 """
 
 from __future__ import annotations
@@ -103,8 +105,10 @@ class MicroBatcher:
         return self._pending_cost
 
     def submit(self, key: Hashable, images: int, params: dict[str, Any], cost: int = 1) -> Job:
+        reserve = self.max_cost // 4  # for small jobs only
+        limit = self.max_cost if cost <= reserve else self.max_cost - reserve
         with self._lock:
-            if self._pending_cost + cost > self.max_cost:
+            if self._pending_cost + cost > limit:
                 self.metrics.rejected += 1
                 raise QueueFull(f"work of cost {self._pending_cost} is queued (at most {self.max_cost})")
             self._pending_cost += cost
