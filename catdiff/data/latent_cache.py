@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from catdiff.errors import UserError
 from catdiff.io.atomic import write_bytes
+from catdiff.io.checkpoints import remove_stale
 from catdiff.io.json_files import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def encode_folder(
     where to load them again for decoding.
     """
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out, ".*.tmp-*")  # what a killed run was writing
     manifest = {
         "format": FORMAT,
         "autoencoder": autoencoder,

@@ -323,6 +323,7 @@ class Trainer:
             return None
         if main:  # no step logged twice, whether resumed or started again after a kill
             truncate_log(self.run_dir, self.step)
+            remove_stale(self.run_dir, ".*.tmp-*")
             if (self.run_dir / CHECKPOINTS_DIR).is_dir():
                 remove_stale(self.run_dir / CHECKPOINTS_DIR, f".{CHECKPOINT_PREFIX}*")
         images_per_step = config.batch_size * config.grad_accum * self.world
