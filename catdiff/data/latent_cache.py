@@ -28,8 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from catdiff.errors import UserError
-from catdiff.io.atomic import write_bytes
-from catdiff.io.checkpoints import remove_stale
+from catdiff.io.atomic import remove_stale, write_bytes
 from catdiff.io.json_files import read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_file", "fsync_folder", "temporary_name"]
+__all__ = ["atomic_file", "fsync_folder", "remove_stale", "temporary_name", "write_bytes"]
 
 
 def temporary_name(final: Path) -> Path:
@@ -55,3 +56,30 @@ def write_bytes(final: Path, data: bytes) -> Path:
     with atomic_file(Path(final)) as tmp:
         tmp.write_bytes(data)
     return Path(final)
+
+
+def remove_stale(folder: Path, pattern: str) -> list[Path]:
+    """Remove what matches ``pattern`` in ``folder`` and was left by a process no longer running
+    (the names end in ``-PID``); returns what was removed."""
+    removed = []
+    for path in folder.glob(pattern):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from catdiff.errors import UserError
-from catdiff.io.atomic import fsync_folder, write_bytes
+from catdiff.io.atomic import fsync_folder, remove_stale, temporary_name, write_bytes
 from catdiff.io.json_files import read_json, write_json
 
 FORMAT = "catdiff.model/1"
@@ -126,7 +126,7 @@ def replace_folder(final: Path, fill: Callable[[Path], None]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent, f".{final.name}.tmp-*")
     remove_stale(final.parent, f".{final.name}.old-*")
-    tmp, old = (final.parent / f".{final.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
+    tmp, old = temporary_name(final), final.parent / f".{final.name}.old-{os.getpid()}"
     try:
         fill(tmp)
         fsync_folder(tmp)
@@ -141,33 +141,6 @@ def replace_folder(final: Path, fill: Callable[[Path], None]) -> Path:
     fsync_folder(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def remove_stale(folder: Path, pattern: str) -> list[Path]:
-    """Remove what matches ``pattern`` in ``folder`` and was left by a process no longer running
-    (the names end in ``-PID``); returns what was removed."""
-    removed = []
-    for path in folder.glob(pattern):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_training_state(path: Path) -> dict[str, Any]:

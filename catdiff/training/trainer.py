@@ -30,6 +30,7 @@ from catdiff.diffusion.conditioning import drop_labels
 from catdiff.diffusion.schedule import NoiseSchedule
 from catdiff.errors import UserError
 from catdiff.images import save_grid
+from catdiff.io.atomic import remove_stale
 from catdiff.io.checkpoints import (
     CHECKPOINT_PREFIX,
     CHECKPOINTS_DIR,
@@ -37,7 +38,6 @@ from catdiff.io.checkpoints import (
     read_config,
     read_training_state,
     read_weights,
-    remove_stale,
     replace_folder,
     save_checkpoint,
 )
