@@ -5,7 +5,7 @@
 Both train the same U-Net shape (catdiff's ``UNet`` of the recipe and its twin ``UNet2DModel``:
 same widths, blocks, attention and parameter count to 1%) on the same latents (random ones of the
 recipe's shape, or ``--latents`` a cache of ``catdiff encode``), at the same batch size and
-precision. The diffusers side is the inner loop of diffusers' ``examples/unconditional_image_generation/
+precision and memory format (``--channels-last``: NHWC on both sides). The diffusers side is the inner loop of diffusers' ``examples/unconditional_image_generation/
 train_unconditional.py``: ``DDPMScheduler.add_noise``, ``UNet2DModel(...).sample``, MSE, accelerate's
 backward, gradient clipping, AdamW, the LR scheduler and ``EMAModel.step``. catdiff's side is
 ``Trainer.fit`` with its EMA, seeded draws, logging and progress, less the final checkpoint. Each
@@ -47,7 +47,9 @@ def diffusers_twin(model: dict, side: int) -> torch.nn.Module:
     )
 
 
-def diffusers_loop(data: torch.Tensor, model: dict, *, batch: int, steps: int, warmup: int, precision: str) -> float:
+def diffusers_loop(
+    data: torch.Tensor, model: dict, *, batch: int, steps: int, warmup: int, precision: str, channels_last: bool
+) -> float:
     """Images/s of the diffusers training loop on ``data`` after ``warmup`` steps."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
@@ -56,7 +58,8 @@ def diffusers_loop(data: torch.Tensor, model: dict, *, batch: int, steps: int, w
 
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=precision, cpu=True)
-    network = diffusers_twin(model, data.shape[-1])
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    network = diffusers_twin(model, data.shape[-1]).to(memory_format=layout)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
     lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=10, num_training_steps=warmup + steps)
@@ -66,7 +69,7 @@ def diffusers_loop(data: torch.Tensor, model: dict, *, batch: int, steps: int, w
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        clean = data[torch.randint(0, len(data), (batch,))]
+        clean = data[torch.randint(0, len(data), (batch,))].contiguous(memory_format=layout)
         noise = torch.randn_like(clean)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,))
         noisy = noise_scheduler.add_noise(clean, noise, t)
@@ -84,7 +87,9 @@ def diffusers_loop(data: torch.Tensor, model: dict, *, batch: int, steps: int, w
     return steps * batch / (time.perf_counter() - start)
 
 
-def catdiff_loop(data: torch.Tensor, recipe: dict, *, steps: int, warmup: int, precision: str) -> float:
+def catdiff_loop(
+    data: torch.Tensor, recipe: dict, *, steps: int, warmup: int, precision: str, channels_last: bool
+) -> float:
     """Images/s of ``Trainer.fit`` on ``data`` from step ``warmup`` to ``warmup + steps``."""
     options = {k: v for k, v in recipe.items() if k not in ("size", "pixels")}
     config = TrainConfig.from_dict(
@@ -92,7 +97,8 @@ def catdiff_loop(data: torch.Tensor, recipe: dict, *, steps: int, warmup: int, p
             **options,
             "max_steps": warmup,
             "time_budget": None,
-            "mixed_precision": precision,
+            "mixed_precision": precision,  # the recipe may say "auto": the bench fixes both sides' settings
+            "channels_last": channels_last,
             "checkpoint_every": 10**9,
             "preview_every": 0,
             "keep_checkpoints": 1,
@@ -126,6 +132,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", choices=("no", "bf16"), default="no")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format on both sides")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     side = args.side
@@ -141,11 +148,16 @@ def main() -> None:
     ours_params = sum(p.numel() for p in build_model(model).parameters())
     theirs_params = sum(p.numel() for p in diffusers_twin(model, side).parameters())
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; {args.recipe}: latents 4x{side}x{side},"
-          f" batch {batch}, {args.precision}; parameters catdiff {ours_params / 1e6:.2f}M,"
+          f" batch {batch}, {args.precision}, {'channels-last' if args.channels_last else 'NCHW'}; parameters catdiff {ours_params / 1e6:.2f}M,"
           f" diffusers {theirs_params / 1e6:.2f}M")  # fmt: skip
     rates: dict[str, list[float]] = {"catdiff": [], "diffusers": []}
     for round_ in range(args.rounds):
-        common = {"steps": args.steps, "warmup": args.warmup, "precision": args.precision}
+        common = {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "precision": args.precision,
+            "channels_last": args.channels_last,
+        }
         rates["catdiff"].append(catdiff_loop(data, recipe, **common))
         rates["diffusers"].append(diffusers_loop(data, model, batch=batch, **common))
         print(
