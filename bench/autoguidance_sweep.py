@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from catdiff.metrics import FrechetToReference, TAESDFeatures, memorisation, read_images
-from catdiff.pipeline import Pipeline, load_network, pipeline_folder, read_model
+from catdiff.pipeline import Pipeline, load_network, network_folder, pipeline_folder
 from catdiff.training.report import References, eval_samples
 
 
@@ -35,7 +35,11 @@ def setting(text: str) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a run folder of catdiff train on an image folder, or any model with --train")
-    parser.add_argument("--guide", type=Path, help="the guide model (default: the run's guide/)")
+    parser.add_argument(
+        "--guide",
+        type=Path,
+        help="the guide: a model, checkpoint, run, pipeline or a bare guide/ folder (default: the model's own guide/)",
+    )
     parser.add_argument("--settings", nargs="+", type=setting, default=[setting("1"), setting("8:0:0.8")])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1000])
     parser.add_argument("--n", type=int, help="samples per setting and seed (default: as the run's report)")
@@ -53,7 +57,7 @@ def main() -> None:
         n = args.n or eval_samples(len(held["files"]))
     pipeline = Pipeline.from_folder(pipeline_folder(args.model))
     if args.guide is not None:
-        pipeline.guide = load_network(read_model(args.guide)[0], ema=True)[0]
+        pipeline.guide = load_network(network_folder(args.guide), ema=True)[0]
     print(f"| w | guided where (sigma) | seed | FD ({n} samples) | memorised | nearest-train ratio | s |")
     print("|---|---|---|---|---|---|---|")
     for w, low, high in args.settings:
