@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import torch
 from annotated_types import Ge, Le, Len
 from torch import Tensor, nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 from typing_extensions import Required, TypedDict
 
@@ -137,6 +138,7 @@ class SamplingDescription(TypedDict, total=False):
     diffusion: Required[DiffusionSettings]
     sample_shape: Required[Annotated[list[Positive], Len(1, 3)]]
     sampling: SamplingSettings
+    output_size: Positive
 
 
 def check_description(config: dict[str, Any], file: Path) -> None:
@@ -205,6 +207,9 @@ class Pipeline:
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
     #: A weaker version of ``network`` (same prediction) that guides it: :meth:`autoguidance`.
     guide: nn.Module | None = None
+    #: The side of the images it gives, where the decoded images are smaller: a model trained at
+    #: its pictures' own resolution is upsampled as its training pictures would be (:meth:`decode`).
+    output_size: int | None = None
 
     @classmethod
     def from_config(
@@ -225,6 +230,7 @@ class Pipeline:
             autoencoder=autoencoder,
             sampling={**DEFAULT_SAMPLING, **config.get("sampling", {})},
             guide=guide,
+            output_size=config.get("output_size"),
         )
 
     @classmethod
@@ -276,6 +282,8 @@ class Pipeline:
             write_network(folder / GUIDE_DIR, self.guide, dtype)
         description = {key: config[key] for key in ("diffusion", "sample_shape", "autoencoder") if key in config}
         description["sampling"] = self.sampling
+        if self.output_size is not None:
+            description["output_size"] = self.output_size
         if self.autoencoder is not None:
             self.autoencoder.save(folder / AUTOENCODER_DIR)
         write_json(folder / PIPELINE_FILE, {"format": PIPELINE_FORMAT, **description})
@@ -443,11 +451,18 @@ class Pipeline:
 
     def decode(self, latents: Tensor, precision: Precision = "auto") -> Tensor:
         """Samples -> images in [-1, 1] (float32), through the autoencoder of latent models, whose
-        convolutions run in ``precision`` (the sampler's latents stay float32 up to there)."""
+        convolutions run in ``precision`` (the sampler's latents stay float32 up to there), then
+        up to :attr:`output_size` where that is larger (bicubic, antialiased: the resampling
+        ``catdiff train`` gives pictures smaller than its ``--size``)."""
         if self.autoencoder is None:
-            return latents.float().clamp(-1, 1)
-        with autocast(self.device, precision):
-            return self.autoencoder.decode(latents.float()).float().clamp(-1, 1)
+            images = latents.float().clamp(-1, 1)
+        else:
+            with autocast(self.device, precision):
+                images = self.autoencoder.decode(latents.float()).float().clamp(-1, 1)
+        if self.output_size is None or self.output_size <= images.shape[-1]:
+            return images
+        size = (self.output_size, self.output_size)
+        return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
 
     def best_of(self, candidates: int, keep: int, scorer: Scorer, **options: Any) -> tuple[Tensor, Tensor, Tensor]:
         """Best-of-N: ``candidates`` samples made in one batch and ranked by ``scorer``; returns

@@ -36,6 +36,28 @@ def test_export_fp16_halves_the_weights_and_records_the_sampling_defaults(
     assert next(pipeline.network.parameters()).dtype == torch.float32
 
 
+def test_export_output_size_upsamples_the_decoded_images_and_generate_writes_them(
+    model_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "big"
+    result = catdiff("export", str(model_folder), "--out", str(out), "--output-size", "20")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "pipeline.json").read_text())["output_size"] == 20
+    native, big = Pipeline.from_folder(model_folder), Pipeline.from_folder(out)
+    images = big.sample(2, seed=1, steps=3)
+    assert images.shape == (2, 3, 20, 20) and -1 <= images.min() < images.max() <= 1
+    upsampled = torch.nn.functional.interpolate(native.sample(2, seed=1, steps=3), 20, mode="bicubic", antialias=True)
+    assert (images - upsampled.clamp(-1, 1)).abs().max() <= 1e-5  # the same samples, made larger as PIL does
+    grid = tmp_path / "grid.png"
+    result = catdiff("generate", "--model", str(out), "--n", "1", "--steps", "3", "--out", str(grid))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(grid).size == (20 + 2 * 2, 20 + 2 * 2)
+    refused = catdiff(
+        "export", str(model_folder), "--out", str(tmp_path / "d"), "--output-size", "20", "--format", "diffusers"
+    )
+    assert_one_line_error(refused, "--output-size")
+
+
 def test_generate_writes_a_grid_and_the_same_seed_gives_the_same_grid(pipeline_dir: Path, tmp_path: Path) -> None:
     grids = []
     for (name, seed), run in zip(

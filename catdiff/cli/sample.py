@@ -270,6 +270,13 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         help="autoguidance only at noise levels (VE sigma) in [LOW, HIGH]",
     )
     p.add_argument(
+        "--output-size",
+        type=positive_int,
+        metavar="PX",
+        help="images of this side: the decoded images are upsampled to it (bicubic), as training upsamples"
+        " pictures smaller than its --size",
+    )
+    p.add_argument(
         "--reference-images",
         type=Path,
         help="training images: store what the eigen, typicality and neighbours scorers need",
@@ -305,7 +312,12 @@ def run_export(args: argparse.Namespace) -> None:
 
     if args.realism_scorer is not None and args.reference_images is None:
         raise UserError("--realism-scorer needs --reference-images (the training images it learns from)")
-    catdiff_only = {"--fp16": args.fp16, "--reference-images": args.reference_images, "--guide": args.guide}
+    catdiff_only = {
+        "--fp16": args.fp16,
+        "--reference-images": args.reference_images,
+        "--guide": args.guide,
+        "--output-size": args.output_size,
+    }
     given = [flag for flag, value in catdiff_only.items() if value]
     if args.format == "diffusers" and given:
         raise UserError(f"{given[0]} is for catdiff pipeline folders, not --format diffusers")
@@ -319,6 +331,8 @@ def run_export(args: argparse.Namespace) -> None:
         pipeline.guide = load_network(network_folder(pipeline_folder(args.guide)), ema=not args.no_ema)[0]
     if args.guidance_interval is not None:
         pipeline.sampling["guidance_interval"] = list(args.guidance_interval)
+    if args.output_size is not None:
+        pipeline.output_size = args.output_size
     if args.guidance is not None and pipeline.num_classes is None:  # refused unless it has a guide
         pipeline.autoguidance(args.guidance)
     elif args.guidance is not None:
