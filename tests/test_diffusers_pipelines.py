@@ -218,7 +218,7 @@ def test_the_bundled_cats_export_to_diffusers_and_readmes_code_samples_them(tmp_
     unet, info = diffusers.UNet2DModel.from_pretrained(out / "unet", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     cats = Pipeline.from_folder("cats")
-    x, t = torch.randn(2, 4, 16, 16), torch.tensor([20.0, 900.0])
+    x, t = torch.randn(2, *cats.sample_shape), torch.tensor([20.0, 900.0])
     with torch.no_grad():
         difference = (unet(x, t).sample - cats.network(x, t)).abs().max().item()
     assert difference <= 1e-5, difference
