@@ -6,8 +6,8 @@ Starts ``catdiff serve`` as its own process and, for ``--seconds``, keeps ``--ex
 clients posting the costliest requests the server admits back to back (16 images at the
 model's steps, or whatever fits the per-request cap), while ``--cheap`` clients each post a
 one-image request at the model's defaults every half second. Prints every status seen, the
-p50 / p95 latency of each kind, the cheap requests' wait, and the server's resident memory
-before and after (from /proc). docs/FAULTS.md holds the figures.
+p50 / p95 latency of each kind, the server's resident memory before and after (from /proc)
+and its batch bound at the start and the end. docs/FAULTS.md holds the figures.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def measure(model: str, seconds: float, n_expensive: int = 4, n_cheap: int = 4) 
         "rss_mb": {"before": round(before, 1), "after": round(after, 1)},
         "batches": metrics["batches"],
         "largest_batch": metrics["largest_batch"],
+        "batch_cost": {"start": info["limits"]["batch_cost"], "end": metrics["batch_cost"]},
     }
 
 
@@ -130,7 +131,8 @@ def main() -> None:
         f"cheap: p50 {figures['cheap']['p50_s']:.2f} s, p95 {figures['cheap']['p95_s']:.2f} s;"
         f" expensive: p50 {figures['expensive']['p50_s']:.2f} s, p95 {figures['expensive']['p95_s']:.2f} s;"
         f" statuses cheap {figures['cheap']['statuses']}, expensive {figures['expensive']['statuses']};"
-        f" RSS {figures['rss_mb']['before']} -> {figures['rss_mb']['after']} MB"
+        f" RSS {figures['rss_mb']['before']} -> {figures['rss_mb']['after']} MB;"
+        f" batch bound {figures['batch_cost']['start']} -> {figures['batch_cost']['end']}"
     )
     print("cheap p95 within 5 s" if figures["cheap"]["p95_s"] <= 5 else "cheap p95 OVER 5 s")
 

@@ -215,6 +215,7 @@ def test_the_bundled_cats_export_to_diffusers_and_readmes_code_samples_them(tmp_
     out = tmp_path / "cats-diffusers"
     result = catdiff("export", "cats", "--out", str(out), "--format", "diffusers")
     assert result.returncode == 0, result.stderr
+    assert "left out: the guide network" in result.stdout
     unet, info = diffusers.UNet2DModel.from_pretrained(out / "unet", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     cats = Pipeline.from_folder("cats")

@@ -56,6 +56,9 @@ def test_export_output_size_upsamples_the_decoded_images_and_generate_writes_the
         "export", str(model_folder), "--out", str(tmp_path / "d"), "--output-size", "20", "--format", "diffusers"
     )
     assert_one_line_error(refused, "--output-size")
+    result = catdiff("export", str(out), "--out", str(tmp_path / "d"), "--format", "diffusers")
+    assert result.returncode == 0, result.stderr
+    assert "left out: the upsampling to 20 px" in result.stdout  # said, not dropped silently
 
 
 def test_generate_writes_a_grid_and_the_same_seed_gives_the_same_grid(pipeline_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +27,7 @@ from PIL import Image
 from catdiff.images import to_pil
 from catdiff.pipeline import Pipeline
 from catdiff.serve import create_app
-from catdiff.serve.batcher import MicroBatcher, QueueFull
+from catdiff.serve.batcher import Job, MicroBatcher, QueueFull, cut
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -68,6 +70,16 @@ def test_a_request_gives_what_the_library_gives_for_its_seed(client: TestClient,
     body = client.post("/api/generate", json={"seed": 5, "steps": 4, "sampler": "ddim"}).json()
     expected = Pipeline.from_folder(pipeline_dir).sample(1, steps=4, sampler="ddim", seed=5)
     assert png(body["image"]).tobytes() == to_pil(expected)[0].tobytes()
+
+
+def test_a_request_sampled_in_pieces_gives_the_images_of_one_sampled_whole(
+    client: TestClient, pipeline_dir: Path
+) -> None:
+    request = {"seed": 7, "steps": 4, "n": 5}  # costs 5 x (4 + 8) = 60: pieces of at most 12, one image each
+    whole = client.post("/api/generate", json=request).json()
+    pieces = TestClient(create_app(pipeline_dir, max_batch_cost=24)).post("/api/generate", json=request).json()
+    assert [c["image"] for c in pieces["candidates"]] == [c["image"] for c in whole["candidates"]]
+    assert pieces["scores"] == whole["scores"]
 
 
 def test_jobs_report_progress_and_the_result(client: TestClient) -> None:
@@ -125,12 +137,12 @@ def test_batcher_refuses_work_beyond_its_bound_and_pools_jobs_with_the_same_key(
     release = threading.Event()
     seen: list[list[int]] = []
 
-    def run(jobs):
+    def run(pieces):
         release.wait(5)
-        seen.append([job.params["i"] for job in jobs])
-        return [job.params["i"] for job in jobs]
+        seen.append([piece.job.params["i"] for piece in pieces])
+        return [piece.job.params["i"] for piece in pieces]
 
-    batcher = MicroBatcher(run, max_batch_images=8, max_cost=6, window_s=0.05)
+    batcher = MicroBatcher(run, combine=lambda job, parts: parts[0], max_batch_images=8, max_cost=6, window_s=0.05)
     first = batcher.submit("a", 2, {"i": 0}, cost=2)
     time.sleep(0.1)  # the worker now holds job 0
     later = [batcher.submit("a", 1, {"i": i}, cost=1) for i in (1, 2)] + [batcher.submit("b", 1, {"i": 3}, cost=1)]
@@ -140,6 +152,94 @@ def test_batcher_refuses_work_beyond_its_bound_and_pools_jobs_with_the_same_key(
     assert [job.future.result(5) for job in (first, *later)] == [0, 1, 2, 3]
     assert seen == [[0], [1, 2], [3]]
     assert batcher.metrics.rejected == 1 and batcher.metrics.as_dict()["largest_batch"] == 2
+
+
+def blocked_batcher(**options: Any) -> tuple[MicroBatcher, threading.Event, list[list[tuple[int, int]]]]:
+    """A batcher whose batches wait for the event; ``seen`` gets each batch's (job "i", first image)."""
+    release = threading.Event()
+    seen: list[list[tuple[int, int]]] = []
+
+    def run(pieces):
+        release.wait(5)
+        seen.append([(piece.job.params["i"], piece.start) for piece in pieces])
+        if any(piece.job.params.get("fail") for piece in pieces):
+            raise RuntimeError("out of memory")
+        return [(piece.job.params["i"], piece.start) for piece in pieces]
+
+    return MicroBatcher(run, window_s=0.0, **options), release, seen
+
+
+@pytest.mark.parametrize(
+    ("patience_s", "order"), [(10.0, [[(0, 0)], [(2, 0)], [(1, 0)]]), (0.0, [[(0, 0)], [(1, 0)], [(2, 0)]])]
+)
+def test_the_cheapest_job_leads_unless_an_older_one_has_run_out_of_patience(patience_s: float, order: list) -> None:
+    batcher, release, seen = blocked_batcher(max_cost=100, max_batch_cost=10, patience_s=patience_s)
+    running = batcher.submit("a", 1, {"i": 0}, cost=10)
+    time.sleep(0.1)  # the worker now holds job 0
+    costly, cheap = batcher.submit("a", 1, {"i": 1}, cost=10), batcher.submit("a", 1, {"i": 2}, cost=2)
+    release.set()
+    for job in (running, costly, cheap):
+        job.future.result(5)
+    assert seen == order  # 10 + 2 > 10: the two waiting jobs cannot share a batch
+
+
+def test_a_costly_job_is_sampled_in_pieces_and_cheap_ones_go_first_with_a_piece_beside_them() -> None:
+    batcher, release, seen = blocked_batcher(max_cost=100, max_batch_cost=5)
+    costly = batcher.submit("a", 4, {"i": 0}, cost=8)  # pieces of at most half a batch: 4 of 1 image, cost 2
+    time.sleep(0.1)  # the worker now holds its first two pieces
+    cheap = batcher.submit("a", 1, {"i": 1}, cost=2)
+    release.set()
+    assert costly.future.result(5) == [(0, 0), (0, 1), (0, 2), (0, 3)] and cheap.future.result(5) == [(1, 0)]
+    assert seen == [[(0, 0), (0, 1)], [(1, 0), (0, 2)], [(0, 3)]]
+    assert costly.batched_with == 2 and cheap.batched_with == 2
+    time.sleep(0.05)
+    assert batcher.pending_cost == 0 and batcher.metrics.jobs == 2
+
+
+def test_a_failed_piece_fails_its_job_and_its_other_pieces_never_run() -> None:
+    batcher, release, seen = blocked_batcher(max_cost=100, max_batch_cost=4)
+    release.set()
+    doomed = batcher.submit("a", 6, {"i": 0, "fail": True}, cost=12)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        doomed.future.result(5)
+    assert batcher.submit("a", 1, {"i": 1}, cost=2).future.result(5) == [(1, 0)]
+    assert seen == [[(0, 0), (0, 1)], [(1, 0)]] and batcher.pending_cost == 0  # its 4 other pieces are dropped
+
+
+def test_the_batch_bound_follows_the_time_batches_take() -> None:
+    slow = MicroBatcher(lambda pieces: time.sleep(0.2 * len(pieces)) or [None] * len(pieces), window_s=0.1,
+                        max_cost=100, max_batch_cost=10, batch_seconds=0.5)  # fmt: skip
+    jobs = [slow.submit("a", 1, {}, cost=1) for _ in range(10)]  # one batch of 10: 2 s, not 0.5
+    jobs[-1].future.result(10)
+    assert slow.max_batch_cost <= 6  # half-way to the 2.5 that would take 0.5 s
+    fast = MicroBatcher(
+        lambda pieces: [None] * len(pieces), window_s=0.1, max_cost=100, max_batch_cost=4, batch_seconds=0.5
+    )
+    [fast.submit("a", 1, {}, cost=1) for _ in range(6)][-1].future.result(10)
+    assert fast.max_batch_cost > 4  # a full batch well within the time: more room
+    fixed = MicroBatcher(lambda pieces: time.sleep(0.3) or [None] * len(pieces), max_cost=100, max_batch_cost=4)
+    fixed.submit("a", 4, {}, cost=4).future.result(10)
+    assert fixed.max_batch_cost == 4
+
+
+def test_a_job_in_pieces_counts_its_steps_over_all_its_images() -> None:
+    job = Job("a", 4, {}, cost=8)
+    first, second = cut(job, 4)
+    first.progress(5, 10)
+    assert job.steps_done == 2  # half the steps of half the images
+    job.images_done = 2
+    second.progress(10, 10)
+    assert job.steps_done == 10
+
+
+@given(images=st.integers(1, 16), per_image=st.integers(1, 900), max_cost=st.integers(1, 800))
+def test_pieces_cover_a_job_at_its_cost_and_each_fits_a_batch(images: int, per_image: int, max_cost: int) -> None:
+    job = Job("a", images, {}, cost=images * per_image)
+    pieces = cut(job, max_cost)
+    assert [piece.start for piece in pieces] == list(itertools.accumulate([0] + [p.images for p in pieces[:-1]]))
+    assert sum(piece.images for piece in pieces) == images and sum(piece.cost for piece in pieces) == job.cost
+    assert all(piece.cost <= max_cost or piece.images == 1 for piece in pieces)
+    assert max(p.images for p in pieces) - min(p.images for p in pieces) <= 1
 
 
 def free_port() -> int:
@@ -281,7 +381,7 @@ def test_no_server_path_in_responses(client: TestClient, pipeline_dir: Path) -> 
 
 
 def test_retained_results_are_bounded_by_bytes_and_age() -> None:
-    batcher = MicroBatcher(lambda jobs: [j.params["i"] for j in jobs], window_s=0.0, result_size=lambda r: 100,
+    batcher = MicroBatcher(lambda pieces: [p.job.params["i"] for p in pieces], window_s=0.0, result_size=lambda r: 100,
                            max_retained_bytes=250, retain_s=0.5)  # fmt: skip
     jobs = [batcher.submit("a", 1, {"i": i}) for i in range(5)]
     for job in jobs:

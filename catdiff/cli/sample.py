@@ -296,7 +296,7 @@ def run_export(args: argparse.Namespace) -> None:
     import torch
 
     from catdiff.io.checkpoints import replace_folder
-    from catdiff.io.diffusers_pipeline import save_diffusers_pipeline
+    from catdiff.io.diffusers_pipeline import left_out_of_diffusers, save_diffusers_pipeline
     from catdiff.io.json_files import read_json, write_json
     from catdiff.pipeline import (
         PIPELINE_FILE,
@@ -365,6 +365,8 @@ def run_export(args: argparse.Namespace) -> None:
         print(
             f"wrote diffusers folder {args.out} (unet/, scheduler/{'' if pipeline.autoencoder is None else ', vae/'})"
         )
+        for part in left_out_of_diffusers(pipeline):
+            print(f"left out: {part}")
         return
     replace_folder(args.out, fill)
     print(f"wrote pipeline {args.out}")

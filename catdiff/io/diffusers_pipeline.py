@@ -84,6 +84,16 @@ def load_diffusers_pipeline(folder: Path) -> Pipeline:
     )
 
 
+def left_out_of_diffusers(pipeline: Pipeline) -> list[str]:
+    """What of ``pipeline`` a diffusers folder cannot carry, each as a short phrase."""
+    left = []
+    if pipeline.guide is not None:
+        left.append(f"the guide network (diffusers has no autoguidance; guidance {pipeline.guidance} is lost)")
+    if pipeline.output_size is not None:
+        left.append(f"the upsampling to {pipeline.output_size} px")
+    return left
+
+
 def save_diffusers_pipeline(pipeline: Pipeline, folder: Path, diffusion: dict[str, Any]) -> Path:
     """Write ``pipeline`` (whose ``diffusion`` settings are those of its pipeline.json) into
     ``folder`` as diffusers parts: ``unet/`` (UNet2DModel), ``scheduler/`` and, for a latent

@@ -11,8 +11,11 @@ string or boolean for a number (strict request models; every 422 body is valid J
 another caller's job (ids of 96 random bits), reach a server bound to this machine through
 another host name (DNS rebinding), learn its paths, or hold the queue with costly requests:
 each request costs its images times their network evaluations, one request may cost
-``max_request_cost`` at most and all the queued work ``max_cost``, so a cheap request waits
-behind a bounded amount of work.
+``max_request_cost`` at most and all the queued work ``max_cost``; requests are sampled in
+batches of cost ``max_batch_cost`` at most (a costly one in several), cheapest first, so a
+cheap request waits for one batch and its own. By default that bound is what this machine
+samples in about ``BATCH_SECONDS``: timed at start (:func:`calibrated_batch_cost`), then
+followed batch by batch.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from catdiff.errors import UserError
 from catdiff.images import to_pil
 from catdiff.pipeline import BUNDLED_PIPELINES, MAX_GUIDANCE, Pipeline, pipeline_folder
 from catdiff.rerank import DEFAULT_SCORER, Scorer, load_scorer
-from catdiff.serve.batcher import Job, MicroBatcher, QueueFull
+from catdiff.serve.batcher import Job, MicroBatcher, Piece, QueueFull, cut
 
 STATIC = Path(__file__).parent / "static"
 MAX_N, MAX_STEPS, MAX_SEED = 16, 200, 2**32 - 1
@@ -53,6 +56,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DECODE_COST = 8
 MAX_COST = 768
 MAX_REQUEST_COST = 384
+BATCH_SECONDS = 1.5  # a cheap request waits for about one batch before its own
 SamplerName = Literal[tuple(sorted(SAMPLERS))]  # type: ignore[valid-type]
 
 
@@ -115,34 +119,31 @@ def png_base64(image: torch.Tensor) -> str:
 
 
 class Generator:
-    """Turns batches of jobs into responses: shared sampling, then per-job scoring and encoding."""
+    """Samples batches of pieces of jobs together, then scores and encodes each job's images."""
 
     def __init__(self, pipeline: Pipeline, scorer: Scorer | None) -> None:
         self.pipeline, self.scorer = pipeline, scorer
 
-    def __call__(self, jobs: list[Job]) -> list[GenerateResponse]:
-        first = jobs[0].params
-        seeds = [job.params["seed"] + j for job in jobs for j in range(job.images)]
+    def sample(self, pieces: list[Piece]) -> list[torch.Tensor]:
+        """The images of ``pieces``, sampled as one batch: image ``j`` of a job is that of its seed + ``j``."""
+        first = pieces[0].job.params
+        seeds = [piece.job.params["seed"] + piece.start + j for piece in pieces for j in range(piece.images)]
 
         def progress(info: dict[str, Any]) -> None:
-            for job in jobs:
-                job.steps_done = int(info["i"]) + 1
+            for piece in pieces:
+                piece.progress(int(info["i"]) + 1, first["steps"])
 
         guidance = first["guidance"]
         condition = None if guidance is None else self.pipeline.autoguidance(guidance)
-        began = time.perf_counter()
         images = self.pipeline.sample_batch(
             image_generators(seeds), steps=first["steps"], sampler=first["sampler"], condition=condition,
             callback=progress,
         ).cpu()  # fmt: skip
-        responses, start = [], 0
-        for job in jobs:
-            mine = images[start : start + job.images]
-            start += job.images
-            responses.append(self._response(job, mine, len(jobs), began))
-        return responses
+        return list(images.split([piece.images for piece in pieces]))
 
-    def _response(self, job: Job, images: torch.Tensor, batched_with: int, began: float) -> GenerateResponse:
+    def respond(self, job: Job, parts: list[torch.Tensor]) -> GenerateResponse:
+        """``job``'s answer: its images (its pieces' in order) ranked by the scorer, as PNGs."""
+        images = torch.cat(parts)
         scores = self.scorer(images) if self.scorer is not None else None
         order = scores.argsort(descending=True).tolist() if scores is not None else list(range(len(images)))
         candidates = [
@@ -157,9 +158,21 @@ class Generator:
             scores=None if scores is None else [c.score for c in candidates],
             scorer=None if self.scorer is None else self.scorer.name,
             candidates=candidates,
-            batched_with=batched_with,
-            seconds=time.perf_counter() - began,
+            batched_with=job.batched_with,
+            seconds=time.monotonic() - (job.started_at or time.monotonic()),
         )
+
+
+def calibrated_batch_cost(generator: Generator, params: dict[str, Any], seconds: float) -> int:
+    """The cost of a batch of requests with ``params`` that this machine samples in about
+    ``seconds``: one batch is timed (which warms the server up too) and scaled, at least one image."""
+    per_image = cost(1, params["steps"], params["sampler"], params["guidance"])
+    images = max(1, MAX_REQUEST_COST // per_image)
+    generator.sample(cut(Job("warm-up", 1, params), per_image))  # first calls are slow
+    began = time.perf_counter()
+    generator.sample(cut(Job("calibration", images, params), images * per_image))
+    taken = time.perf_counter() - began
+    return max(per_image, int(images * per_image * seconds / taken))
 
 
 def stored_scorer(kind: str | None, folder: Path) -> Scorer | None:
@@ -227,19 +240,31 @@ def create_app(
     max_batch_images: int = 32,
     max_cost: int = MAX_COST,
     max_request_cost: int = MAX_REQUEST_COST,
+    max_batch_cost: int | None = None,
     window_s: float = 0.05,
     host: str | None = None,
 ) -> FastAPIOffline:
     """The app for one pipeline (a bundled model's name or a pipeline folder), sampled on ``device``;
     candidates are ranked by the folder's ``scorer`` (none if None, or if the folder has no statistics).
-    ``max_cost`` bounds the work queued and ``max_request_cost`` that of one request (:func:`cost`);
-    bound to a loopback ``host``, the app answers only requests addressed to this machine by name."""
+    ``max_cost`` bounds the work queued, ``max_request_cost`` that of one request and
+    ``max_batch_cost`` that of one batch of sampling (:func:`cost`; by default what this
+    machine samples in ``BATCH_SECONDS``, followed as it runs); bound to a loopback ``host``, the app answers only
+    requests addressed to this machine by name."""
     folder = pipeline_folder(model)
     pipeline = Pipeline.from_folder(folder, device=device)
     ranker = stored_scorer(scorer, folder)
+    generator = Generator(pipeline, ranker)
+    guided = pipeline.guide is not None
+    defaults = {"seed": 0, **pipeline.sampling, "guidance": pipeline.guidance if guided else None}
+    follow = max_batch_cost is None  # the bound then follows the batches' times
+    if max_batch_cost is None:
+        max_batch_cost = calibrated_batch_cost(generator, defaults, BATCH_SECONDS)
     batcher = MicroBatcher(
-        Generator(pipeline, ranker),
+        generator.sample,
+        combine=generator.respond,
         max_batch_images=max_batch_images,
+        max_batch_cost=min(max_batch_cost, max_cost),
+        batch_seconds=BATCH_SECONDS if follow else None,
         max_cost=max_cost,
         window_s=window_s,
         result_size=lambda response: sum(len(c.image) for c in response.candidates),
@@ -252,8 +277,6 @@ def create_app(
     if host in LOOPBACK:  # a page elsewhere cannot reach it through a name that resolves here
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK, "[::1]"])
     request_cap = min(max_request_cost, max_cost)
-
-    guided = pipeline.guide is not None
 
     def submit(request: GenerateRequest) -> Job:
         if request.guidance is not None:
@@ -312,6 +335,7 @@ def create_app(
                 "seed": MAX_SEED,
                 "guidance": MAX_GUIDANCE,
                 "request_cost": request_cap,
+                "batch_cost": batcher.max_batch_cost,
                 "queued_cost": max_cost,
             },
         }
@@ -335,7 +359,8 @@ def create_app(
 
     @app.get("/api/metrics")
     def metrics() -> dict[str, Any]:
-        """Batches run, requests served and refused, how many requests shared each batch, and the cost queued."""
-        return {**batcher.metrics.as_dict(), "queued_cost": batcher.pending_cost}
+        """Batches run, requests served and refused, how many requests shared each batch, the cost
+        queued and the batch bound now."""
+        return {**batcher.metrics.as_dict(), "queued_cost": batcher.pending_cost, "batch_cost": batcher.max_batch_cost}
 
     return app
