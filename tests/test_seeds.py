@@ -17,7 +17,7 @@ from catdiff.diffusion.noise import image_generators
 from catdiff.errors import UserError
 from catdiff.pipeline import Pipeline
 from catdiff.serve.app import Generator
-from catdiff.serve.batcher import Job
+from catdiff.serve.batcher import Job, Piece
 
 STOCHASTIC = [("ddpm", {}), ("ddim", {"eta": 0.5}), ("dpmpp_2m_sde", {})]
 SEED = 40
@@ -56,7 +56,10 @@ def test_the_server_s_pooled_batch_gives_the_cli_image_for_each_seed(
 ) -> None:
     settings = {"steps": 4, "sampler": "ddpm", "guidance": None}  # as the server submits them
     jobs = [Job((4, "ddpm", None), 1, {"seed": 7, **settings}), Job((4, "ddpm", None), 2, {"seed": 11, **settings})]
-    responses = Generator(pipeline, None)(jobs)  # one pooled batch of three images, stochastic sampler
+    generator = Generator(pipeline, None)
+    pieces = [Piece(jobs[0], 0, 1, 1), Piece(jobs[1], 1, 1, 1), Piece(jobs[1], 0, 1, 1)]  # the second job in two
+    first, second, third = generator.sample(pieces)  # one pooled batch of three images, stochastic sampler
+    responses = [generator.respond(jobs[0], [first]), generator.respond(jobs[1], [third, second])]
     flags = ["--steps", "4", "--sampler", "ddpm", "--out-dir", str(tmp_path)]
     for seed in (7, 11, 12):
         result = catdiff("generate", "--model", str(pipeline_dir), "--n", "1", "--seed", str(seed), *flags)
