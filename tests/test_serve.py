@@ -211,7 +211,7 @@ def test_the_batch_bound_follows_the_time_batches_take() -> None:
                         max_cost=100, max_batch_cost=10, batch_seconds=0.5)  # fmt: skip
     jobs = [slow.submit("a", 1, {}, cost=1) for _ in range(10)]  # one batch of 10: 2 s, not 0.5
     jobs[-1].future.result(10)
-    assert slow.max_batch_cost <= 6  # half-way to the 2.5 that would take 0.5 s
+    assert 5 <= slow.max_batch_cost <= 6  # half-way to the 2.5 that would take 0.5 s, at least half its start
     fast = MicroBatcher(
         lambda pieces: [None] * len(pieces), window_s=0.1, max_cost=100, max_batch_cost=4, batch_seconds=0.5
     )

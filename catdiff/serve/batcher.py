@@ -12,9 +12,9 @@ the piece of the cheapest job leads, so a cheap job waits for the batch running 
 own, both bounded by ``max_batch_cost``, not for the whole queue nor for a costly job. A piece
 that has waited ``patience_s`` leads the next batch whatever its job costs (cheap jobs still
 fill the batch first), so costly jobs are never starved. Given ``batch_seconds``, the batch
-bound follows the machine: after each batch that came near the bound or took too long, it
-moves half-way to the cost that would have taken ``batch_seconds``, so that the wait stays
-about the same on a slow CPU, a fast one, or one shared with other work.
+bound follows the machine: after each batch that came near the bound, it moves half-way to
+the cost that would have taken ``batch_seconds``, within half and twice its start, so that the
+wait stays about the same on a slow CPU, a fast one, or one shared with other work.
 
 Admission is by cost: the work queued and running is bounded, and a job that would overflow
 the bound is refused at once (the web layer answers 503). The last quarter of the bound is kept
@@ -118,7 +118,7 @@ class MicroBatcher:
     makes a job's result of its pieces' (in order; by default, the list of them). An exception
     fails every job of that batch. One batch holds at most ``max_batch_images`` images and
     ``max_batch_cost`` cost (default: ``max_cost``; the start of the bound that follows
-    ``batch_seconds``, where given), and the jobs waiting or running cost at
+    ``batch_seconds``, where given, between half and twice that start), and the jobs waiting or running cost at
     most ``max_cost`` together. Finished jobs are forgotten after ``retain_s`` seconds, or
     sooner, oldest first, while their results (``result_size`` bytes each) hold more than
     ``max_retained_bytes``.
@@ -143,6 +143,7 @@ class MicroBatcher:
         self.max_batch_images, self.max_cost, self.window_s = max_batch_images, max_cost, window_s
         self.max_batch_cost = max_cost if max_batch_cost is None else max_batch_cost
         self.patience_s, self.batch_seconds = patience_s, batch_seconds
+        self._first_batch_cost = max(1, self.max_batch_cost)
         self.max_retained_bytes, self.retain_s = max_retained_bytes, retain_s
         self.metrics = Metrics()
         self._waiting: list[Piece] = []  # admitted and not yet in a batch, oldest first
@@ -235,11 +236,11 @@ class MicroBatcher:
 
     def _follow(self, cost: int, seconds: float) -> None:
         """Move the batch bound half-way to the cost that a batch like this one makes in ``batch_seconds``."""
-        if self.batch_seconds is None or seconds <= 0:
-            return
-        if seconds > self.batch_seconds or 2 * cost >= self.max_batch_cost:  # only a full batch tells of more room
-            target = cost * self.batch_seconds / seconds
-            self.max_batch_cost = max(1, min(self.max_cost, round((self.max_batch_cost + target) / 2)))
+        if self.batch_seconds is None or seconds <= 0 or 2 * cost < self.max_batch_cost:
+            return  # a small batch's time is mostly overhead: it tells little of a full one's
+        target = cost * self.batch_seconds / seconds
+        low, high = self._first_batch_cost // 2, min(self.max_cost, 2 * self._first_batch_cost)
+        self.max_batch_cost = max(low, min(high, round((self.max_batch_cost + target) / 2)))
 
     def _work(self) -> None:
         while True:
