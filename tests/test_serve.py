@@ -430,7 +430,7 @@ def test_cheap_requests_are_answered_within_5_s_while_expensive_ones_queue() -> 
     sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
     from serve_load import measure
 
-    figures = measure("cats", seconds=30)
+    figures = measure("cats", seconds=60)  # as docs/FAULTS.md measures it: start-up counts less
     for kind in ("cheap", "expensive"):
         assert set(figures[kind]["statuses"]) <= {200, 503}, figures
     assert figures["cheap"]["answered"] >= 10 and figures["expensive"]["answered"] >= 1, figures
