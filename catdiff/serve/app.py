@@ -248,17 +248,26 @@ def create_app(
     candidates are ranked by the folder's ``scorer`` (none if None, or if the folder has no statistics).
     ``max_cost`` bounds the work queued, ``max_request_cost`` that of one request and
     ``max_batch_cost`` that of one batch of sampling (:func:`cost`; by default what this
-    machine samples in ``BATCH_SECONDS``, followed as it runs); bound to a loopback ``host``, the app answers only
-    requests addressed to this machine by name."""
+    machine samples in ``BATCH_SECONDS``, followed as it runs); bound to a loopback ``host``,
+    the app answers only requests addressed to this machine by name."""
     folder = pipeline_folder(model)
     pipeline = Pipeline.from_folder(folder, device=device)
     ranker = stored_scorer(scorer, folder)
     generator = Generator(pipeline, ranker)
     guided = pipeline.guide is not None
-    defaults = {"seed": 0, **pipeline.sampling, "guidance": pipeline.guidance if guided else None}
+
+    def settings(request: GenerateRequest) -> dict[str, Any]:
+        """The request's seed and sampling settings, the model's defaults where it leaves them out."""
+        return {
+            "seed": secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
+            "steps": request.steps or pipeline.sampling["steps"],
+            "sampler": request.sampler or pipeline.sampling["sampler"],
+            "guidance": (pipeline.guidance if request.guidance is None else request.guidance) if guided else None,
+        }
+
     follow = max_batch_cost is None  # the bound then follows the batches' times
     if max_batch_cost is None:
-        max_batch_cost = calibrated_batch_cost(generator, defaults, BATCH_SECONDS)
+        max_batch_cost = calibrated_batch_cost(generator, settings(GenerateRequest(seed=0)), BATCH_SECONDS)
     batcher = MicroBatcher(
         generator.sample,
         combine=generator.respond,
@@ -284,12 +293,7 @@ def create_app(
                 pipeline.autoguidance(request.guidance)  # the library's own refusal of a model without a guide
             except UserError as error:
                 raise HTTPException(422, str(error)) from None
-        params = {
-            "seed": secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
-            "steps": request.steps or pipeline.sampling["steps"],
-            "sampler": request.sampler or pipeline.sampling["sampler"],
-            "guidance": (pipeline.guidance if request.guidance is None else request.guidance) if guided else None,
-        }
+        params = settings(request)
         price = cost(request.n, params["steps"], params["sampler"], params["guidance"])
         if price > request_cap:
             raise HTTPException(
