@@ -216,3 +216,26 @@ def test_min_snr_weight_is_the_same_loss_in_x0_space(prediction):
     loss = min_snr_weight(prediction, snr, gamma) * ((out - target) ** 2).mean(dim=(1, 2, 3))
     expected = snr.clamp(max=gamma) * ((x0_hat - x0) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_log_normal_noise_levels_are_drawn_around_their_mean():
+    """EDM's training distribution (Karras et al. 2022): ln sigma ~ N(mean, std), at timesteps."""
+    from catdiff.training.tasks import DiffusionTask
+
+    schedule = NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012)
+    x0 = torch.zeros(20_000, 1)
+    uniform, _ = DiffusionTask(schedule, "v").draw(x0, torch.Generator().manual_seed(0))
+    t, noise = DiffusionTask(schedule, "v", noise_levels=(-0.5, 0.8)).draw(x0, torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and noise.shape == x0.shape
+    log_sigma = schedule.sigmas[t].log()
+    assert float(log_sigma.mean()) == pytest.approx(-0.5, abs=0.03)
+    assert float(log_sigma.std()) == pytest.approx(0.8, abs=0.03)
+    assert float(schedule.sigmas[uniform].log().median()) > 0.3  # uniform t sits higher: median sigma 1.6
+
+
+def test_noise_levels_need_a_positive_spread():
+    from catdiff.training.config import TrainConfig
+
+    assert TrainConfig(noise_levels=[0.0, 1.0]).noise_levels == (0.0, 1.0)
+    with pytest.raises(UserError, match="noise_levels"):
+        TrainConfig(noise_levels=(0.0, 0.0))

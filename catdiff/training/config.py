@@ -26,6 +26,9 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: NoiseSchedule().to_config())
     prediction: Literal["eps", "v", "x0"] = "eps"
     min_snr_gamma: float | None = None
+    # EDM's training noise levels (Karras et al. 2022, sec. 5): ln sigma ~ N(mean, std), each
+    # sigma taken to its nearest timestep; None: timesteps drawn uniformly (Ho et al. 2020).
+    noise_levels: tuple[float, float] | None = None
     label_dropout: float = 0.1
     kl_weight: float = 1e-6
     batch_size: int = 64
@@ -65,6 +68,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.guidance_interval is not None:
             self.guidance_interval = tuple(self.guidance_interval)
+        if self.noise_levels is not None:
+            self.noise_levels = tuple(self.noise_levels)
         if self.max_steps is None and self.time_budget is None:
             self.max_steps = DEFAULT_MAX_STEPS
         checks = {
@@ -91,6 +96,7 @@ class TrainConfig:
             "preview_n": self.preview_n >= 1,
             "preview_steps": self.preview_steps >= 1,
             "min_snr_gamma": self.min_snr_gamma is None or self.min_snr_gamma > 0,
+            "noise_levels": self.noise_levels is None or self.noise_levels[1] > 0,
             "betas": all(0 <= beta < 1 for beta in self.betas),
         }
         bad = [name for name, ok in checks.items() if not ok]

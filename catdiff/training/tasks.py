@@ -30,8 +30,9 @@ class Task(Protocol):
 
 
 class DiffusionTask:
-    """Denoising score matching on a VP schedule (Ho et al. 2020), with an eps, v or x0 target
-    and optional min-SNR-gamma weighting (Hang et al. 2023)."""
+    """Denoising score matching on a VP schedule (Ho et al. 2020), with an eps, v or x0 target,
+    optional min-SNR-gamma weighting (Hang et al. 2023), and timesteps drawn uniformly or, with
+    ``noise_levels=(mean, std)``, as EDM's log-normal noise levels (Karras et al. 2022, sec. 5)."""
 
     def __init__(
         self,
@@ -39,17 +40,24 @@ class DiffusionTask:
         prediction: Prediction,
         *,
         min_snr_gamma: float | None = None,
+        noise_levels: tuple[float, float] | None = None,
         clip_x0: float | None = None,
         dynamic_percentile: float | None = None,
     ) -> None:
         self.schedule = schedule
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
+        self.noise_levels = noise_levels
         self.clip_x0 = clip_x0
         self.dynamic_percentile = dynamic_percentile
 
     def draw(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
-        t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
+        if self.noise_levels is None:
+            t = torch.randint(0, self.schedule.T, (len(x0),), generator=generator)
+        else:
+            mean, std = self.noise_levels
+            sigma = (mean + std * torch.randn(len(x0), generator=generator)).exp()
+            t = self.schedule.sigma_to_t(sigma).round().long()
         return t, torch.randn(x0.shape, generator=generator)
 
     def loss(self, network: nn.Module, x0: Tensor, *draws: Tensor) -> Tensor:

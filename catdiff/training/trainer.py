@@ -69,6 +69,7 @@ def make_task(config: TrainConfig, network: torch.nn.Module, *, pixels: bool) ->
         NoiseSchedule.from_config(config.schedule),
         config.prediction,
         min_snr_gamma=config.min_snr_gamma,
+        noise_levels=config.noise_levels,
         clip_x0=1.0 if pixels else None,
         dynamic_percentile=0.995 if pixels else None,
     )
