@@ -176,6 +176,7 @@ class Trainer:
             optimizer, lambda s: learning_rate_factor(s, config, self.clock.spent)
         )
         self.network, self.optimizer = self.accelerator.prepare(network, optimizer)
+        self.ema.model.to(self.accelerator.device)
         self.step = 0
         # Called on the main process every ``config.eval_every`` steps with the newest checkpoint
         # saved; returns figures for the trackers (catdiff.training.report.evaluate_run).
